@@ -2,6 +2,7 @@
 # Jobs run `python -m qcal.<stage>` in the active environment, where qcal is installed (pip install -e .).
 import json
 import os
+import shlex
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -134,6 +135,14 @@ def raw_files(wildcards):
 
 def raw_sidecars(wildcards):
     return [f"results/raw/{raw_stem(i)}.json" for i in calibration_images()]
+
+
+def raw_options(image_root):
+    """The preprocess command's constant options, quoted once: per-job placeholders cost DAG time."""
+    return shlex.join(
+        ["--profile", PROFILE_NAME, "--settings", PROFILE_SETTINGS, "--on-bad-image", config["on_bad_image"]]
+        + ["--image-root", image_root]
+    )
 
 
 def image_id_of_raw(wildcards):

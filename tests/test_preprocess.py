@@ -179,6 +179,15 @@ def test_cli_reports_bad_image_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and str(path) in err and "not a decodable image" in err
 
 
+def test_cli_names_the_image_by_its_path_under_the_image_root(tmp_path):
+    root = tmp_path / "my photos"
+    path = write_jpeg(root / "street scenes" / "bus stop.jpg", 48, 32)
+    assert main([str(path), str(tmp_path / "o.raw"), str(tmp_path / "o.json"), "--image-root", str(root)]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["image"] == "street scenes/bus stop.jpg"
+    assert main([str(path), str(tmp_path / "o.raw"), str(tmp_path / "o.json")]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["image"] == "bus stop.jpg"
+
+
 def test_profile_errors_name_the_field():
     with pytest.raises(ValueError, match="layout"):
         resolve_profile("yolov5", {"layout": "NHCW"})

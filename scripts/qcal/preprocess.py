@@ -264,11 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="yolov5")
     parser.add_argument("--settings", default="{}", help="JSON object of profile field overrides")
     parser.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
-    parser.add_argument("--image-id", help="the image's path relative to its folder (default: file name)")
+    parser.add_argument("--image-root", help="the image folder: the sidecar names the image by its path relative "
+                        "to it (default: by its file name)")
     args = parser.parse_args(argv)
     profile = resolve_profile(args.profile, json.loads(args.settings))
     try:
-        result = image_to_raw(args.image, args.raw, args.meta, profile, args.on_bad_image, args.image_id)
+        image_id = os.path.relpath(args.image, args.image_root) if args.image_root else None
+        result = image_to_raw(args.image, args.raw, args.meta, profile, args.on_bad_image, image_id)
     except BadImageError as err:
         print(f"qcal: cannot use image {err}", file=sys.stderr)
         return 1

@@ -159,6 +159,7 @@ class Run:
     log: Path
     jobs: dict[str, int] = field(default_factory=dict)
     nothing: bool = False  # "Nothing to be done"
+    note: str = ""         # e.g. how a saved run was obtained
 
 
 def job_stats(text: str) -> dict[str, int]:
@@ -291,25 +292,28 @@ def measure_dry(b: Bench, design: str, n: int, config: Path, reps: int) -> Run:
     return dry
 
 
-def measure_cold(b: Bench, design: str, n: int, config: Path, subsample: int = 0) -> tuple[Run, Path]:
-    """One cold run on a fresh work dir (or, with --reuse, the saved timing of an earlier completed one)."""
+def measure_cold(b: Bench, design: str, n: int, config: Path, subsample: int = 0,
+                 need_work: bool = True) -> tuple[Run, Path]:
+    """One cold run on a fresh work dir (or, with --reuse, the saved timing of an earlier completed one;
+    need_work: only if its completed work dir is still there, for a no-op to follow)."""
     jobs = b.args.jobs
     name = f"{design}_{n}" + (f"_sub{subsample}" if subsample else "")
     extra = ["-j", str(jobs)] + (["--scheduler-subsample", str(subsample)] if subsample else [])
     saved = b.tmp / f"cold_{name}.json"
     work = b.tmp / "work" / name
     reused = ""
-    if b.args.reuse and saved.is_file() and (work / TARGET).is_file():
+    if b.args.reuse and saved.is_file() and (not need_work or (work / TARGET).is_file()):
         d = json.loads(saved.read_text())
         cold = Run(**{**d, "log": Path(d["log"])})
-        reused = f" [reused from {time.strftime('%m-%d %H:%M', time.localtime(saved.stat().st_mtime))}]"
+        reused = (f" [reused from {time.strftime('%m-%d %H:%M', time.localtime(saved.stat().st_mtime))}"
+                  + (f"; {cold.note}" if cold.note else "") + "]")
         note(f"{name}: reusing the completed cold run in {work}")
     else:
         work = b.fresh_dir(name)
         note(f"{name}: cold run {' '.join(extra)} ({n} jobs)")
         cold = b.run(design, work, config, f"cold_{n}" + (f"_sub{subsample}" if subsample else ""), *extra)
         saved.write_text(json.dumps({**dataclasses.asdict(cold), "log": str(cold.log)}))
-    listed = (work / TARGET).read_text().count("\n")
+    listed = (work / TARGET).read_text().count("\n") if (work / TARGET).is_file() else n
     label = f"cold -j{jobs}" + (f" --scheduler-subsample {subsample}" if subsample else "") + " (1 run)"
     b.rows.append((f"{design} @ {n}", label, cold,
                    f"{cold.wall / n * 1000:.0f} ms/job, main process {cold.main_cpu / n * 1000:.0f} ms CPU/job; "
@@ -521,11 +525,11 @@ def run_all(b: Bench) -> int:
         cfg = config_for(s_n)
         for design in designs:
             r = res.setdefault((design, s_n), {})
-            r["cold"], _ = measure_cold(b, design, s_n, cfg)
-            shutil.rmtree(b.tmp / "work" / f"{design}_{s_n}")
+            r["cold"], _ = measure_cold(b, design, s_n, cfg, need_work=False)
+            shutil.rmtree(b.tmp / "work" / f"{design}_{s_n}", ignore_errors=True)
             if design == "qcal" and sub:
-                r["cold_sub"], _ = measure_cold(b, design, s_n, cfg, sub)
-                shutil.rmtree(b.tmp / "work" / f"{design}_{s_n}_sub{sub}")
+                r["cold_sub"], _ = measure_cold(b, design, s_n, cfg, sub, need_work=False)
+                shutil.rmtree(b.tmp / "work" / f"{design}_{s_n}_sub{sub}", ignore_errors=True)
     config = config_for(n)
     big_sub = sub if n > args.plain_cold_max else 0
     for design in designs:

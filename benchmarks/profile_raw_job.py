@@ -6,7 +6,8 @@ bench_raw.py says *how much* slower one Snakemake job per image is than a plain 
   1. interpreter start-up: `python -c pass`, `python -c "import qcal.preprocess"`, and numpy + Pillow
      (what the naive design imports), medians of repeated runs;
   2. `python -X importtime -m qcal.preprocess` on one image: the slowest imports;
-  3. the work itself, in one process: decode / letterbox / encode / write per image, averaged;
+  3. the work itself, in one process: decode / letterbox / encode / write per image, averaged, and the
+     plain loop exactly as bench_raw.py times it;
   4. one `python -m qcal.preprocess` process per image, run one after another (no Snakemake): the
      per-process cost on top of the work;
   5. Snakemake alone: `snakemake --version`, a dry run of qcal's DAG, and benchmarks/touch/Snakefile
@@ -35,6 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from benchlib import bench_env, git_snapshot, machine_busy, qcal_config_text, wait_until_quiet  # noqa: E402
+from bench_raw import PLAIN_LOOP  # noqa: E402
 from make_images import make_images  # noqa: E402
 
 
@@ -146,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {k:<24} {v:7.1f} ms")
         work = stages["image_to_raw total"]
 
+        # the real plain loop (fresh output files, sidecars, interpreter start), as bench_raw.py times it
+        plain_out = tmp / "plain"
+        plain_out.mkdir()
+        os.sync()  # do not time the writeback of section 3's files
+        start = time.perf_counter()
+        subprocess.run([python, "-c", PLAIN_LOOP, str(tmp / "images"), str(plain_out)], env=env, check=True)
+        plain = time.perf_counter() - start
+        shutil.rmtree(plain_out)
+        print(f"   plain loop (one process, all {n} images, fresh files)  {plain:.2f} s = {plain / n * 1000:.1f} ms/image")
+
         # 4. one process per image, sequential, no Snakemake
         start = time.perf_counter()
         for i, img in enumerate(images):
@@ -205,10 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # 6. model
         jobs = args.jobs
-        plain = t_qcal + n * work / 1000
         ideal = dry_n + n * per_proc / 1000 / jobs + (t_list - t_noop)
         print(f"\n6. model for {n} images, -j{jobs}")
-        print(f"   plain loop       = import + N x work                                = {plain:6.2f} s")
+        print(f"   plain loop (measured, section 3)                                    = {plain:6.2f} s")
         print(f"   snakemake, ideal = dry run + N x (work + process) / jobs + list job = {ideal:6.2f} s  ({ideal / plain:.2f}x)"
               f"  if Snakemake's {per_job:.1f} ms/job overlapped fully with the jobs")
         print(f"   snakemake, serial= that + N x Snakemake's per-job cost              = {ideal + n * per_job / 1000:6.2f} s"

@@ -12,7 +12,7 @@ from qcal.calibrate import calibrate
 from qcal.model import find_decode_tail, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, resolve_profile
 from qcal.quantize import QuantizeOptions, activation_encodings, write_ort_ranges
-from qcal.search import rank_layers, search
+from qcal.search import layer_nodes, layers_kept, rank_layers, search
 from qcal.synthetic import build_tiny
 
 
@@ -31,6 +31,19 @@ def test_layers_rank_by_the_sqnr_they_lose():
     assert [name for name, _ in ranking] == ["c1", "c2", "c3"]  # 150 (from a clean input), 19, 2 dB
     assert ranking[1][1] == pytest.approx(19.0) and ranking[2][1] == pytest.approx(2.0)
     assert [n for n, _ in rank_layers(chain(), sqnr, "x", skip={"c1"})] == ["c2", "c3"]
+
+
+def test_a_layer_kept_float_takes_its_activation_and_pooling_along():
+    assert layer_nodes(chain(), "c1") == ["c1", "r"] and layer_nodes(chain(), "c2") == ["c2"]
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv"),  # SiLU, then a pool, then a join
+             helper.make_node("Sigmoid", ["a"], ["s"], name="sig"), helper.make_node("Mul", ["a", "s"], ["m"], name="silu"),
+             helper.make_node("MaxPool", ["m"], ["p"], name="pool", kernel_shape=[2, 2]),
+             helper.make_node("Conv", ["x", "w"], ["o"], name="other"),
+             helper.make_node("Mul", ["p", "o"], ["y"], name="join")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    assert layer_nodes(helper.make_model(graph), "conv") == ["conv", "sig", "silu", "pool"]
 
 
 def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path):
@@ -54,10 +67,15 @@ def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path):
     assert len(generous) == 1 and generous[0].layer == ""  # budget met at once: nothing kept float
 
     strict = search(*args, max_drop=0.0, max_steps=3)
-    assert strict[0].layer == "" and 1 <= len(strict) - 1 <= 3
-    kept = [s.layer for s in strict[1:]]
-    assert len(set(kept)) == len(kept) and all(s.precision == "float" for s in strict[1:])
-    assert strict[-1].drop == 0.0 or len(kept) == 3  # stops at the budget or at the step limit
+    assert strict[0].layer == ""
+    tried = [s for s in strict[1:] if s.back_to is None]
+    assert 1 <= len(tried) <= 3 and all(s.precision == "float" for s in tried)
+    assert len({s.layer for s in tried}) == len(tried)
+    if strict[-1].back_to is None:
+        assert strict[-1].drop == 0.0 or len(tried) == 3  # stops at the budget or at the step limit
+    else:  # budget not met: the best step's model is shipped
+        assert len(tried) == 3 and strict[-1].map50_agreement == max(s.map50_agreement for s in strict[:-1])
+    kept = [s.layer for s in strict[1:layers_kept(strict) + 1]]
     quantized = onnx.load(tmp_path / "out.onnx")
     convs = {n.name: n for n in quantized.graph.node if n.op_type == "Conv"}
     dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}

@@ -114,14 +114,17 @@ def ap_chart(table: pd.DataFrame) -> str:
 
 
 def search_html(search: dict | None) -> str:
+    from qcal.search import SearchStep, describe  # the search pulls in ONNX Runtime; only needed here
+
     if not search:
         return "<p>The accuracy search did not run (no budget set, or no evaluation images).</p>"
-    steps = pd.DataFrame([[i, s["layer"] or "(all layers int8)", s["precision"], s["map50_agreement"], s["drop"]]
+    steps = pd.DataFrame([[i, describe(SearchStep(**s)), s["map50_agreement"], s["drop"]]
                           for i, s in enumerate(search["steps"])],
-                         columns=["step", "layer kept", "precision", "mAP50 agreement", "drop"])
+                         columns=["step", "change", "mAP50 agreement", "drop"])
     verdict = "met" if search["met"] else "NOT met"
     return (f"<p>Budget: agreement drop at most {search['max_drop']}: {verdict} after "
-            f"{len(search['steps']) - 1} steps.</p>" + table_html(steps))
+            f"{len(search['steps']) - 1} steps; each step keeps one more layer (the one losing most SQNR) in "
+            "float, with its activation.</p>" + table_html(steps))
 
 
 def accuracy_html(table: pd.DataFrame, o: dict, summary: str, flag_drop: float, search: dict | None = None) -> str:

@@ -19,7 +19,11 @@ What one run does (real photographs only, nothing generated):
   model        Darknet YOLOv3-tiny converted to a YOLOv5-style ONNX (qcal.default_model), prepared by
                qcal.model.prepare; its decode tail (qcal.model.find_decode_tail) is kept float by both tools.
   qcal         qcal.calibrate.calibrate -> activation_encodings -> write_ort_ranges -> quantize_model for
-               minmax, percentile (99.99), entropy, mse, minmax w8a16, minmax with 7-bit weights.
+               minmax, percentile (99.99), entropy, mse, minmax w8a16, minmax with 7-bit weights; and
+               DEFAULT: config/config.yaml's own quantization settings (method, weight bits, max_drop)
+               with qcal.search's budgeted mixed-precision search. The search needs evaluation photos and
+               must be scored on others: each fold's held-out photos are halved (by group), the search
+               runs on one half and its model is scored on the other, and the other way round.
   ORT          onnxruntime.quantization.quantize_static with a CalibrationDataReader over the same
                calibration tensors: QDQ, per_channel=True, QUInt8 activations / QInt8 weights,
                nodes_to_exclude = the same decode-tail nodes; MinMax, Percentile (CalibPercentile=99.99,
@@ -75,7 +79,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import yaml
 import onnxruntime as ort
+from snakemake.utils import validate
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       create_calibrator, quantize_static)
 from onnxruntime.quantization.calibrate import save_tensors_data
@@ -89,7 +95,9 @@ from qcal.detections import (Detections, agreement_map, average_precision, decod
 from qcal.fetch import fetch_images, read_manifest
 from qcal.model import find_decode_tail, load_checked, model_input, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, load_rgb, resolve_profile
-from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
+from qcal.quantize import (QuantizeOptions, activation_encodings, options_from_config, quantize_model,
+                           write_ort_ranges)
+from qcal.search import search, steps_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -171,9 +179,23 @@ class Variant:
     ort_reduce_range: bool = False
     ort_extra: dict = field(default_factory=dict)
     ort_calibrator: dict | None = None  # ORT calibrator options quantize_static cannot pass (e.g. num_bins)
+    search: bool = False  # qcal's budgeted accuracy search (quantization.max_drop) on top of qcal's options
+
+
+def workflow_defaults() -> dict:
+    """config/config.yaml with the schema's defaults filled in, exactly as the workflow reads it."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(REPO / "config" / "schema.yaml"), set_default=True)
+    return config
+
+
+DEFAULTS = workflow_defaults()
 
 
 VARIANTS = [
+    # what `snakemake quantize` does with no options set: its method, weight bits and accuracy budget
+    Variant("qcal-default", "qcal", "DEFAULT (search)", qcal=options_from_config(DEFAULTS["quantization"]),
+            search=DEFAULTS["quantization"]["max_drop"] is not None),
     Variant("qcal-minmax", "qcal", "minmax", qcal=QuantizeOptions(method="minmax")),
     Variant("qcal-percentile", "qcal", "percentile 99.99", qcal=QuantizeOptions(method="percentile", percentile=99.99)),
     Variant("qcal-entropy", "qcal", "entropy", qcal=QuantizeOptions(method="entropy")),
@@ -265,6 +287,30 @@ def qcal_quantize(v: Variant, stats, prepared: Path, out: Path, tail_nodes: list
     ranges = out.with_suffix(".ranges.json")
     write_ort_ranges(activation_encodings(stats, v.qcal), ranges)
     quantize_model(prepared, ranges, out, v.qcal, tail_nodes, tails)
+
+
+def cross_searched(v: Variant, stats, prepared: Path, fold_dir: Path, keys: list[str], photo_of: dict[str, str],
+                   raws: dict[str, Path], tail_nodes: list[str], tails: list[str], profile,
+                   inp) -> tuple[list[tuple[Path, list[str]]], list[dict]]:
+    """qcal's accuracy search, scored only on photos it did not search on. In the workflow the search and
+    the accuracy report share the evaluation images, which flatters the report; here the fold's held-out
+    photos are split in two halves (by group, as the folds are): the search runs on one half's inputs, the
+    model it picks is scored on the other half, and the other way round. Returns [(model, keys scored)]."""
+    half_a, half_b = split_groups(sorted({photo_of[k] for k in keys}), 0.5)
+    ranges = fold_dir / f"{v.key}.ranges.json"
+    write_ort_ranges(activation_encodings(stats, v.qcal), ranges)
+    labels, max_drop = DEFAULTS["labels"], DEFAULTS["quantization"]["max_drop"]
+    parts, log = [], []
+    for i, (searched, held) in enumerate(((half_a, half_b), (half_b, half_a))):
+        items = [(str(raws[k]), json.loads(raws[k].with_suffix(".json").read_text()))
+                 for k in keys if photo_of[k] in searched]
+        out = fold_dir / f"{v.key}-{i}.onnx"
+        steps = search(prepared, ranges, out, v.qcal, tail_nodes, tails, items, profile, inp.name, inp.layout,
+                       labels["conf_threshold"], labels["iou_threshold"], max_drop)
+        parts.append((out, [k for k in keys if photo_of[k] in held]))
+        log.append({"searched_on": searched, "scored_on": held, "search_inputs": len(items),
+                    "max_drop": max_drop, "steps": [vars(s) for s in steps], "text": steps_text(steps, max_drop)})
+    return parts, log
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -516,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         per_fold: dict[str, dict[str, dict]] = {}
         scale_check: dict[str, dict] = {}
         calib_meta: dict[str, dict] = {}
+        search_log: dict[str, list[dict]] = {}
         for fold, calib, _ in folds:
             fold_dir = work / fold.replace(" ", "")
             fold_dir.mkdir(exist_ok=True)
@@ -529,21 +576,27 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:
                 out = fold_dir / f"{v.key}.onnx"
                 t0 = time.perf_counter()
-                if v.tool == "qcal":
+                parts = [(out, keys)]  # (model, the inputs it is scored on)
+                if v.search:
+                    parts, search_log[fold] = cross_searched(v, stats, prepared, fold_dir, keys, photo_of, raws,
+                                                             tail.tail_nodes, tails, profile, inp)
+                    lap("qcal ranges+search", t0)
+                elif v.tool == "qcal":
                     qcal_quantize(v, stats, prepared, out, tail.tail_nodes, tails)
                     lap("qcal ranges+quantize", t0)
                 else:
                     ort_quantize(v, prepared, out, inp.name, calib_arrays, tail.tail_nodes)
                     lap(f"ORT quantize_static {v.label}", t0)
-                sizes[v.key] = os.path.getsize(out) / 1e6
+                sizes[v.key] = max(os.path.getsize(model) for model, _ in parts) / 1e6
                 t0 = time.perf_counter()
                 fold_outs = {}
-                for key, y, seconds in run_model(out, *inputs_of(keys)):
-                    signal, noise = energy(float_outs[key], y)
-                    scored[v.key][key] = Scored(decode(y, CONF_LOW, NMS_IOU), decode(y, CONF_DEPLOY, NMS_IOU),
-                                                signal, noise)
-                    fold_outs[key] = y
-                latency[v.key].append(1000 * seconds / len(keys))
+                for model, part_keys in parts:
+                    for key, y, seconds in run_model(model, *inputs_of(part_keys)):
+                        signal, noise = energy(float_outs[key], y)
+                        scored[v.key][key] = Scored(decode(y, CONF_LOW, NMS_IOU), decode(y, CONF_DEPLOY, NMS_IOU),
+                                                    signal, noise)
+                        fold_outs[key] = y
+                    latency[v.key].append(1000 * seconds / len(part_keys))
                 # qcal's own SQNR on this fold's outputs checks the pooled sums used for the table
                 reference = output_sqnr(np.concatenate([float_outs[k] for k in keys]),
                                         np.concatenate([fold_outs[k] for k in keys]))
@@ -660,6 +713,11 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print("mAP50 per fold (" + " / ".join(f for f, _, _ in folds) + "): " + "; ".join(
                 f"{v.key} " + "/".join(fmt(per_fold[f][v.key]["map50"]) for f, _, _ in folds) for v in variants))
+        for fold, halves in search_log.items():
+            for h in halves:
+                print(f"{fold}: DEFAULT's search on {len(h['searched_on'])} photos ({h['search_inputs']} inputs), "
+                      f"its model scored on the other {len(h['scored_on'])} photos of the fold:")
+                print(h["text"].rstrip())
         for fold, s in scale_check.items():
             print(f"activation scales, qcal minmax vs ORT MinMax ({fold}): {s['tensors']} tensors in both, "
                   f"relative difference median {s['median_rel_diff'] or 0:.1e}, max {s['max_rel_diff'] or 0:.1e}; "
@@ -678,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
                 "conf_truth": CONF_TRUTH, "conf_low": CONF_LOW, "conf_deploy": CONF_DEPLOY, "nms_iou": NMS_IOU,
                 "float": {"size_mb": float_mb, "ms_per_image": float_ms}, "calibration_meta": calib_meta,
                 "results": results, "results_whole_photos": results_whole, "per_fold": per_fold,
-                "comparisons": comparisons, "scale_check": scale_check, "timings_s": timings, "total_s": total,
+                "comparisons": comparisons, "scale_check": scale_check, "search": search_log, "timings_s": timings, "total_s": total,
             }, indent=1, default=float) + "\n")
     finally:
         if args.work is None and not args.keep:

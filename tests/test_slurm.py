@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -54,9 +55,10 @@ def slurm():
         yield cluster
 
 
-def run_on_slurm(cluster: slurm_cluster.LocalSlurm, workdir: Path, config: dict) -> subprocess.CompletedProcess:
-    """`snakemake --profile profiles/slurm quantize`, submitting to the test cluster."""
-    workdir.mkdir(parents=True)
+def slurm_command(cluster: slurm_cluster.LocalSlurm, workdir: Path, config: dict,
+                  *targets: str) -> tuple[list[str], dict[str, str]]:
+    """`snakemake --profile profiles/slurm <targets>` submitting to the test cluster, and its environment."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "test-config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in cluster.env().items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
@@ -67,7 +69,13 @@ def run_on_slurm(cluster: slurm_cluster.LocalSlurm, workdir: Path, config: dict)
     assert cluster.hardware["RealMemory"] >= 4000
     overrides = ["--slurm-init-seconds-before-status-checks", "1"]
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config_path), "--profile", str(PROFILE), *overrides, "quantize"]
+           "--configfile", str(config_path), "--profile", str(PROFILE), *overrides, *targets]
+    return cmd, env
+
+
+def run_on_slurm(cluster: slurm_cluster.LocalSlurm, workdir: Path, config: dict,
+                 *targets: str) -> subprocess.CompletedProcess:
+    cmd, env = slurm_command(cluster, workdir, config, *(targets or ("quantize",)))
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise AssertionError(f"snakemake on SLURM failed ({done.returncode}):\n{done.stdout}\n{done.stderr}\n"
@@ -84,22 +92,38 @@ def slurm_jobs(cluster: slurm_cluster.LocalSlurm, run_id: str) -> list[dict]:
     return [dict(zip(fields, line.split("|"))) for line in done.stdout.splitlines() if line.strip()]
 
 
-def test_slurm_profile_gives_the_local_results(slurm, tmp_path):
-    images = tmp_path / "images"
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """Generated images, a tiny YOLOv5-shaped model, and the results of a local run of them."""
+    root = tmp_path_factory.mktemp("slurm-case")
     for i in range(IMAGES):
-        write_jpeg(images / f"img{i}.jpg", 80 + 9 * i, 60 + 5 * i, seed=i)
-    model = tmp_path / "models" / "tiny.onnx"
-    model.parent.mkdir()
-    onnx.save(build_tiny(size=(SIZE, SIZE)), model)
-    config = {"images": str(images), "model": str(model),
+        write_jpeg(root / "images" / f"img{i}.jpg", 80 + 9 * i, 60 + 5 * i, seed=i)
+    onnx.save(build_tiny(size=(SIZE, SIZE)), root / "tiny.onnx")
+    config = {"images": str(root / "images"), "model": str(root / "tiny.onnx"),
               "preprocess": {"height": SIZE, "width": SIZE}, "calibration": {"shards": 3},
               "evaluation": {"holdout": 0}}
+    snakemake(root / "local", config, "quantize")
+    return root / "local", config
 
-    start = time.monotonic()
-    local = tmp_path / "local"
-    snakemake(local, config, "quantize")
-    slurm.timings["local run"] = time.monotonic() - start
 
+def assert_local_results(remote: Path, local: Path) -> None:
+    local_list = (local / "results/input_list.txt").read_text()
+    slurm_list = (remote / "results/input_list.txt").read_text()
+    assert len(slurm_list.splitlines()) == IMAGES
+    assert slurm_list == local_list.replace(str(local), str(remote))
+    for raw in slurm_list.splitlines():
+        rel = Path(raw).relative_to(remote)
+        assert (remote / rel).read_bytes() == (local / rel).read_bytes(), rel
+    local_stats, _ = load_stats(local / "results/calibration/stats.npz")
+    slurm_stats, _ = load_stats(remote / "results/calibration/stats.npz")
+    assert local_stats.keys() == slurm_stats.keys() and all(local_stats[k] == slurm_stats[k] for k in local_stats)
+    for name in ("calibration/ranges.json", "encodings.json"):
+        assert (remote / "results" / name).read_bytes() == (local / "results" / name).read_bytes(), name
+    assert json.loads((remote / "results/encodings.json").read_text())["activation_encodings"]
+
+
+def test_slurm_profile_gives_the_local_results(slurm, case, tmp_path):
+    local, config = case
     start = time.monotonic()
     remote = tmp_path / "slurm"
     done = run_on_slurm(slurm, remote, config)
@@ -122,15 +146,43 @@ def test_slurm_profile_gives_the_local_results(slurm, tmp_path):
     batch = by_comment["rule_raw_batch_raw"]
     assert batch["cpus"] == "1" and batch["time_limit"] == f"{IMAGES}:00"  # 7 images x 1 min, one after another
     assert not [c for c in by_comment if "input_list" in c or c.startswith("rule_raw_wildcards")]
+    assert_local_results(remote, local)
 
-    # The same results as the local run.
-    local_list = (local / "results/input_list.txt").read_text()
-    slurm_list = (remote / "results/input_list.txt").read_text()
-    assert len(slurm_list.splitlines()) == IMAGES
-    assert slurm_list == local_list.replace(str(local), str(remote))
-    local_stats, _ = load_stats(local / "results/calibration/stats.npz")
-    slurm_stats, _ = load_stats(remote / "results/calibration/stats.npz")
-    assert local_stats.keys() == slurm_stats.keys() and all(local_stats[k] == slurm_stats[k] for k in local_stats)
-    for name in ("calibration/ranges.json", "encodings.json"):
-        assert (remote / "results" / name).read_bytes() == (local / "results" / name).read_bytes(), name
-    assert json.loads((remote / "results/encodings.json").read_text())["activation_encodings"]
+
+@pytest.mark.parametrize("stage, job_comment", [
+    ("raw", "rule_raw_batch_raw"),
+    ("calibration", "rule_calibrate_shard"),
+])
+def test_killed_slurm_run_resumes_to_the_local_results(slurm, case, tmp_path, stage, job_comment):
+    """SIGKILL the main Snakemake process once a job of the stage is on the cluster, then do what the
+    README says: cancel the run's jobs, unlock, run the same command again."""
+    local, config = case
+    remote = tmp_path / "slurm"
+    cmd, env = slurm_command(slurm, remote, config, "quantize")
+    log_path = tmp_path / "killed-run.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(cmd, cwd=remote, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        run_id, deadline = None, time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            text = log_path.read_text()
+            run_id = run_id or next(iter(re.findall(r"SLURM run ID: (\S+)", text)), None)
+            if run_id and any(j["comment"].startswith(job_comment) for j in slurm_jobs(slurm, run_id)):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, f"the run ended before a {stage} job was submitted:\n{log_path.read_text()}"
+        assert run_id, "no SLURM run ID in the log"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    subprocess.run(["scancel", "--name", run_id], env=slurm.env(), check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while any(j["state"] in ("PENDING", "RUNNING", "COMPLETING") for j in slurm_jobs(slurm, run_id)):
+        assert time.monotonic() < deadline, slurm_jobs(slurm, run_id)
+        time.sleep(0.5)
+    assert not (remote / "results/encodings.json").exists(), f"the run finished before the kill ({stage})"
+
+    run_on_slurm(slurm, remote, config, "--unlock")
+    run_on_slurm(slurm, remote, config)
+    assert_local_results(remote, local)

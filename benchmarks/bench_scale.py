@@ -71,6 +71,7 @@ GOAL_RSS_MB = 1024.0
 GOAL_SMALL_NOOP_S = 3.0
 BUSY_FLAG = 0.15
 TARGET = "results/input_list.txt"
+PLAIN_SUBSAMPLE = 10**9  # more ready jobs than any run has: Snakemake then considers all of them
 
 TRIVIAL_SNAKEFILE = '''\
 # Written by benchmarks/bench_scale.py: the trivial reference. One rule per image that only touches its
@@ -298,7 +299,8 @@ def measure_cold(b: Bench, design: str, n: int, config: Path, subsample: int = 0
     need_work: only if its completed work dir is still there, for a no-op to follow)."""
     jobs = b.args.jobs
     name = f"{design}_{n}" + (f"_sub{subsample}" if subsample else "")
-    extra = ["-j", str(jobs)] + (["--scheduler-subsample", str(subsample)] if subsample else [])
+    # profiles/default sets scheduler-subsample 500; a "plain" run overrides it with a size it never reaches
+    extra = ["-j", str(jobs), "--scheduler-subsample", str(subsample or PLAIN_SUBSAMPLE)]
     saved = b.tmp / f"cold_{name}.json"
     work = b.tmp / "work" / name
     reused = ""

@@ -115,11 +115,15 @@ def search(prepared: str | Path, ranges: str | Path, out: str | Path, options: Q
             sqnr = layer_sqnr(prepared, current, items, profile, input_name, layout,
                               [n.output[0] for n in model.graph.node if n.name in set(layers)])
             ranking = rank_layers(model, sqnr, input_name, set(options.exclude_nodes) | set(tail_nodes))
-            excluded = list(options.exclude_nodes)
-            for layer, _ in ranking[:max_steps]:
-                excluded.extend(n for n in layer_nodes(model, layer) if n not in excluded)
-                step_options = QuantizeOptions(**{**asdict(options), "exclude_nodes": list(excluded)})
+            excluded_at = [list(options.exclude_nodes)]  # the nodes kept float after each step
+
+            def quantize_excluding(nodes: list[str]) -> None:
+                step_options = QuantizeOptions(**{**asdict(options), "exclude_nodes": nodes})
                 quantize_model(prepared, ranges, current, step_options, tail_nodes, tail_tensors)
+
+            for layer, _ in ranking[:max_steps]:
+                excluded_at.append(list(dict.fromkeys(excluded_at[-1] + layer_nodes(model, layer))))
+                quantize_excluding(excluded_at[-1])
                 score = agreement()
                 steps.append(SearchStep(layer, "float", score, 1 - score))
                 if 1 - score <= max_drop:
@@ -127,10 +131,7 @@ def search(prepared: str | Path, ranges: str | Path, out: str | Path, options: Q
             best = max(range(len(steps)), key=lambda i: (steps[i].map50_agreement, -i))
             if 1 - score > max_drop and best != len(steps) - 1:
                 # budget not met: ship the best step seen, the fewest float layers on a tie
-                kept = [n for layer in (s.layer for s in steps[1:best + 1]) for n in layer_nodes(model, layer)]
-                best_options = QuantizeOptions(**{**asdict(options),
-                                                  "exclude_nodes": list(dict.fromkeys(options.exclude_nodes + kept))})
-                quantize_model(prepared, ranges, current, best_options, tail_nodes, tail_tensors)
+                quantize_excluding(excluded_at[best])
                 steps.append(SearchStep("", steps[best].precision, steps[best].map50_agreement, steps[best].drop,
                                         back_to=best))
         Path(out).write_bytes(current.read_bytes())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
@@ -46,7 +48,7 @@ def test_a_layer_kept_float_takes_its_activation_and_pooling_along():
     assert layer_nodes(helper.make_model(graph), "conv") == ["conv", "sig", "silu", "pool"]
 
 
-def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path):
+def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path, monkeypatch):
     size = 64
     profile = resolve_profile("yolov5", {"height": size, "width": size})
     model = prepare(build_tiny(size=(size, size), det_bias=2.0))
@@ -81,3 +83,16 @@ def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path):
     dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
     for layer in kept:  # a float layer reads float weights, not dequantized int8 ones
         assert convs[layer].input[1] not in dequantized
+
+    # A budget never met: the model shipped is the best step's, not the last one's.
+    scores = iter([0.5, 0.9, 0.7])
+    monkeypatch.setattr("qcal.search.evaluate",
+                        lambda *a, **k: SimpleNamespace(agreement={"map50": next(scores)}))
+    missed = search(*args, max_drop=0.0, max_steps=2)
+    assert [s.map50_agreement for s in missed] == [0.5, 0.9, 0.7, 0.9] and missed[-1].back_to == 1
+    assert layers_kept(missed) == 1
+    quantized = onnx.load(tmp_path / "out.onnx")
+    convs = {n.name: n for n in quantized.graph.node if n.op_type == "Conv"}
+    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    assert convs[missed[1].layer].input[1] not in dequantized  # step 1's layer float,
+    assert convs[missed[2].layer].input[1] in dequantized      # step 2's back to int8

@@ -58,7 +58,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from benchlib import bench_env, busy_seconds, git_snapshot, qcal_config_text, wait_until_quiet  # noqa: E402
+from benchlib import (bench_env, busy_seconds, cpu_model, git_snapshot, median_run, qcal_config_text,  # noqa: E402
+                      wait_until_quiet)
 from make_images import make_images, write_image  # noqa: E402
 
 GOAL_COLD_RATIO = 2.5
@@ -116,11 +117,6 @@ def timed(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> Run:
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n...{text[-3000:]}")
     return Run(wall, cpu, other, log, job_stats(text))
-
-
-def median(runs: list[Run]) -> Run:
-    """The run with the median wall time (lower median for even counts)."""
-    return sorted(runs, key=lambda r: r.wall)[(len(runs) - 1) // 2]
 
 
 def note(msg: str) -> None:
@@ -219,12 +215,7 @@ def edit_check(run: Run, job_rule: str = "raw") -> tuple[bool, str]:
 
 
 def machine_facts(b: Bench) -> list[str]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     versions = subprocess.run(
         [b.python, "-c", "import PIL, numpy; print(PIL.__version__, numpy.__version__)"],
         capture_output=True, text=True, env=b.env).stdout.split() + ["?", "?"]
@@ -314,7 +305,7 @@ def run_all(b: Bench) -> int:
         note(f"snakemake cold {i + 1}/{reps}")
         work = b.fresh_dir(f"qcal_{n}")
         cold_runs.append(b.qcal(work, config, "cold"))
-    plain, cold = median(plain_runs), median(cold_runs)
+    plain, cold = median_run(plain_runs), median_run(cold_runs)
     stats = cold_runs[-1].job_stats
     b.row("plain loop (1 process)", plain, f"{plain.wall / n * 1000:.1f} ms/image")
     b.row(f"snakemake cold, -j{jobs}", cold,
@@ -326,7 +317,7 @@ def run_all(b: Bench) -> int:
     for i in range(reps):
         note(f"no-op re-run at {n} {i + 1}/{reps}")
         runs.append(b.qcal(work, config, "noop"))
-    noop_n = median(runs)
+    noop_n = median_run(runs)
     b.row(f"no-op re-run, {n} images", noop_n, "nothing ran" if not noop_n.job_stats else f"RAN {noop_n.job_stats}")
     runs, edit_ok = [], True
     for i, index in enumerate(edited):
@@ -334,7 +325,7 @@ def run_all(b: Bench) -> int:
         write_image(images, index, args.seed, variant=i + 1)
         runs.append(b.qcal(work, config, "edit"))
         edit_ok &= edit_check(runs[-1])[0]
-    edit = median(runs)
+    edit = median_run(runs)
     b.row("one image edited -> re-run", edit, edit_check(edit)[1] + ("" if edit_ok else " (some run WRONG)"))
     edit_images(images, 0)  # restore: the other designs see the plain loop's images
 
@@ -346,7 +337,7 @@ def run_all(b: Bench) -> int:
             note(f"naive numpy jobs {i + 1}/{reps}")
             naive_work = b.fresh_dir("naive")
             runs.append(b.other_design(HERE / "naive" / "Snakefile", naive_work, images, "naive"))
-        naive = median(runs)
+        naive = median_run(runs)
         b.row(f"naive numpy jobs, -j{jobs} (ref)", naive, f"{naive.wall / n * 1000:.1f} ms/image; raws vs plain: "
               f"{b.same_raws(plain_out, naive_work / 'results' / 'raw')}")
         shutil.rmtree(naive_work)
@@ -355,7 +346,7 @@ def run_all(b: Bench) -> int:
         for i in range(reps):
             note(f"touch jobs {i + 1}/{reps}")
             runs.append(b.other_design(HERE / "touch" / "Snakefile", b.fresh_dir("touch"), images, "touch"))
-        touch = median(runs)
+        touch = median_run(runs)
         b.row(f"touch jobs, -j{jobs} (ref)", touch, f"Snakemake alone: {touch.wall / n * 1000:.1f} ms/job")
 
     # 4. alternative designs that keep per-image outputs
@@ -370,7 +361,7 @@ def run_all(b: Bench) -> int:
                 alt_work = b.fresh_dir(f"alt_{name}")
                 runs.append(b.other_design(HERE / folder / "Snakefile", alt_work, images, f"alt_{name}", *extra,
                                            config=config_items))
-            alt = median(runs)
+            alt = median_run(runs)
             alternatives.append((name, alt))
             label = f"{name}" + (f" ({args.batches})" if name == "batches" else "")
             b.row(f"alt: {label}, -j{jobs}", alt, f"{alt.wall / n * 1000:.1f} ms/image; raws vs plain: "
@@ -407,7 +398,7 @@ def run_all(b: Bench) -> int:
         for i in range(reps):
             note(f"no-op re-run at {m} {i + 1}/{reps}")
             runs.append(b.qcal(big_work, big_config, "noop_big"))
-        noop_m = median(runs)
+        noop_m = median_run(runs)
         b.row(f"no-op re-run, {m} images", noop_m,
               "nothing ran" if not noop_m.job_stats else f"RAN {noop_m.job_stats}")
 

@@ -64,6 +64,9 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from benchlib import busy_seconds, median_run, wait_until_quiet  # noqa: E402
 
 GOAL_DRY_S = 20.0
 GOAL_NOOP_S = 25.0
@@ -139,16 +142,6 @@ def make_tiny_images(out: Path, count: int, width: int, seed: int = 0, per_folde
 
 # --- timed commands ----------------------------------------------------------------------------------------
 
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy since boot (all cores), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    except (OSError, ValueError):
-        return float("nan")
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Run:
     wall: float
@@ -213,23 +206,6 @@ def timed(cmd: list[str], cwd: Path, log: Path, env: dict[str, str], check: bool
                "Nothing to be done" in text)
 
 
-def wait_until_quiet(max_wait: float, threshold: float = 0.3) -> float:
-    """Wait (up to max_wait s) until other processes use < threshold cores (3-s samples); last reading."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0 = busy_seconds(), time.monotonic()
-        time.sleep(3.0)
-        busy = (busy_seconds() - b0) / (time.monotonic() - t0)
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
-        note(f"machine busy with other work ({busy:.2f} cores); waiting")
-        time.sleep(min(20.0, max(0.0, deadline - time.monotonic())))
-
-
-def median(runs: list[Run]) -> Run:
-    return sorted(runs, key=lambda r: r.wall)[(len(runs) - 1) // 2]
-
-
 def note(msg: str) -> None:
     print(f"  .. [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -269,7 +245,7 @@ class Bench:
 
     def run(self, design: str, workdir: Path, config: Path, name: str, *extra: str) -> Run:
         if self.args.wait_quiet:
-            wait_until_quiet(self.args.wait_quiet)
+            wait_until_quiet(self.args.wait_quiet, threshold=0.3, say=note)
         return timed(self.cmd(design, workdir, config, *extra), workdir, self.log(f"{design}_{name}"), self.env)
 
     def cprofile(self, design: str, workdir: Path, config: Path, name: str, *extra: str) -> Path:
@@ -288,7 +264,7 @@ def measure_dry(b: Bench, design: str, n: int, config: Path, reps: int) -> Run:
         note(f"{design} {n}: dry-run {i + 1}/{reps}")
         runs.append(b.run(design, b.fresh_dir(f"{design}_{n}_dry"), config, f"dry_{n}", "-n"))
     shutil.rmtree(b.tmp / "work" / f"{design}_{n}_dry")
-    dry = median(runs)
+    dry = median_run(runs)
     b.rows.append((f"{design} @ {n}", "dry-run -n (fresh dir)", dry, f"DAG of {sum(dry.jobs.values())} jobs"))
     return dry
 
@@ -328,7 +304,7 @@ def measure_noop(b: Bench, design: str, n: int, config: Path, work: Path, reps: 
     for i in range(reps):
         note(f"{design} {n}: no-op {i + 1}/{reps}")
         runs.append(b.run(design, work, config, f"noop_{n}", "-j", str(b.args.jobs)))
-    noop = median(runs)
+    noop = median_run(runs)
     b.rows.append((f"{design} @ {n}", "no-op re-run", noop,
                    "nothing to be done" if noop.nothing and not noop.jobs else f"RAN {noop.jobs}"))
     return noop

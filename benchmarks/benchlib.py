@@ -45,6 +45,22 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("?" where there is none)."""
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
+def median_run(runs: list):
+    """The run with the median wall time (`.wall`; the lower median for even counts)."""
+    return sorted(runs, key=lambda r: r.wall)[(len(runs) - 1) // 2]
+
+
 def machine_busy(seconds: float = 3.0) -> float:
     """Cores kept busy by the machine (this process sleeps meanwhile) over `seconds`."""
     import time

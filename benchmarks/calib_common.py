@@ -22,6 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from benchlib import busy_seconds, cpu_model  # noqa: E402
 BUSY_FLAG = 0.15  # average cores used by other processes during a run above which a row is flagged
 
 
@@ -56,16 +59,6 @@ class Run:
             reason = f"exit {self.returncode}"
         last = [line for line in self.text.strip().splitlines() if line.strip()]
         return reason + (f": {last[-1][:160]}" if last else "")
-
-
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy since boot (all cores), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    except (OSError, ValueError):
-        return float("nan")
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def mem_available_mb() -> float:
@@ -142,12 +135,7 @@ def package_versions(env: dict[str, str], modules: list[str]) -> dict[str, str]:
 
 
 def machine_facts(env: dict[str, str], modules: list[str], extra: list[str] | None = None) -> list[str]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     try:

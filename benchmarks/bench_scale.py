@@ -66,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from benchlib import busy_seconds, median_run, wait_until_quiet  # noqa: E402
+from benchlib import busy_seconds, cpu_model, median_run, wait_until_quiet  # noqa: E402
 
 GOAL_DRY_S = 20.0
 GOAL_NOOP_S = 25.0
@@ -332,12 +332,7 @@ def workflow_hash(snakefile: Path) -> str:
 
 
 def machine_facts(b: Bench) -> list[str]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     mem = "?"
     try:
         with open("/proc/meminfo") as f:

@@ -97,7 +97,7 @@ from qcal.model import find_decode_tail, load_checked, model_input, prepare, tai
 from qcal.preprocess import image_to_raw, load_rgb, resolve_profile
 from qcal.quantize import (QuantizeOptions, activation_encodings, options_from_config, quantize_model,
                            write_ort_ranges)
-from qcal.search import search, steps_text
+from qcal.search import PRECISIONS, search, steps_text
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -179,7 +179,7 @@ class Variant:
     ort_reduce_range: bool = False
     ort_extra: dict = field(default_factory=dict)
     ort_calibrator: dict | None = None  # ORT calibrator options quantize_static cannot pass (e.g. num_bins)
-    search: bool = False  # qcal's budgeted accuracy search (quantization.max_drop) on top of qcal's options
+    search: str | None = None  # qcal's budgeted accuracy search (quantization.max_drop): the precision it keeps
 
 
 def workflow_defaults() -> dict:
@@ -190,12 +190,18 @@ def workflow_defaults() -> dict:
 
 
 DEFAULTS = workflow_defaults()
+DEFAULT_PRECISION = DEFAULTS["quantization"]["search_precision"]
+OTHER_PRECISION = next(p for p in PRECISIONS if p != DEFAULT_PRECISION)
 
 
 VARIANTS = [
     # what `snakemake quantize` does with no options set: its method, weight bits and accuracy budget
-    Variant("qcal-default", "qcal", "DEFAULT (search)", qcal=options_from_config(DEFAULTS["quantization"]),
-            search=DEFAULTS["quantization"]["max_drop"] is not None),
+    Variant("qcal-default", "qcal", f"DEFAULT (search, {DEFAULT_PRECISION})",
+            qcal=options_from_config(DEFAULTS["quantization"]),
+            search=DEFAULT_PRECISION if DEFAULTS["quantization"]["max_drop"] is not None else None),
+    # the same search keeping layers in the other precision
+    Variant("qcal-search-other", "qcal", f"search, {OTHER_PRECISION}", qcal=options_from_config(DEFAULTS["quantization"]),
+            search=OTHER_PRECISION),
     Variant("qcal-minmax", "qcal", "minmax", qcal=QuantizeOptions(method="minmax")),
     Variant("qcal-percentile", "qcal", "percentile 99.99", qcal=QuantizeOptions(method="percentile", percentile=99.99)),
     Variant("qcal-entropy", "qcal", "entropy", qcal=QuantizeOptions(method="entropy")),
@@ -285,7 +291,7 @@ def ort_quantize(v: Variant, prepared: Path, out: Path, input_name: str, arrays:
 def qcal_quantize(v: Variant, stats, prepared: Path, out: Path, tail_nodes: list[str],
                   tails: list[str]) -> None:
     ranges = out.with_suffix(".ranges.json")
-    write_ort_ranges(activation_encodings(stats, v.qcal), ranges)
+    write_ort_ranges(activation_encodings(stats, v.qcal, tails), ranges)
     quantize_model(prepared, ranges, out, v.qcal, tail_nodes, tails)
 
 
@@ -297,16 +303,14 @@ def cross_searched(v: Variant, stats, prepared: Path, fold_dir: Path, keys: list
     photos are split in two halves (by group, as the folds are): the search runs on one half's inputs, the
     model it picks is scored on the other half, and the other way round. Returns [(model, keys scored)]."""
     half_a, half_b = split_groups(sorted({photo_of[k] for k in keys}), 0.5)
-    ranges = fold_dir / f"{v.key}.ranges.json"
-    write_ort_ranges(activation_encodings(stats, v.qcal), ranges)
     labels, max_drop = DEFAULTS["labels"], DEFAULTS["quantization"]["max_drop"]
     parts, log = [], []
     for i, (searched, held) in enumerate(((half_a, half_b), (half_b, half_a))):
         items = [(str(raws[k]), json.loads(raws[k].with_suffix(".json").read_text()))
                  for k in keys if photo_of[k] in searched]
         out = fold_dir / f"{v.key}-{i}.onnx"
-        steps = search(prepared, ranges, out, v.qcal, tail_nodes, tails, items, profile, inp.name, inp.layout,
-                       labels["conf_threshold"], labels["iou_threshold"], max_drop)
+        steps = search(prepared, stats, out, v.qcal, tail_nodes, tails, items, profile, inp.name, inp.layout,
+                       labels["conf_threshold"], labels["iou_threshold"], max_drop, v.search)
         parts.append((out, [k for k in keys if photo_of[k] in held]))
         log.append({"searched_on": searched, "scored_on": held, "search_inputs": len(items),
                     "max_drop": max_drop, "steps": [vars(s) for s in steps], "text": steps_text(steps, max_drop)})
@@ -562,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         per_fold: dict[str, dict[str, dict]] = {}
         scale_check: dict[str, dict] = {}
         calib_meta: dict[str, dict] = {}
-        search_log: dict[str, list[dict]] = {}
+        search_log: dict[str, list[dict]] = {}  # "<variant> <fold>" -> both halves
         for fold, calib, _ in folds:
             fold_dir = work / fold.replace(" ", "")
             fold_dir.mkdir(exist_ok=True)
@@ -578,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 parts = [(out, keys)]  # (model, the inputs it is scored on)
                 if v.search:
-                    parts, search_log[fold] = cross_searched(v, stats, prepared, fold_dir, keys, photo_of, raws,
+                    parts, search_log[f"{v.key} {fold}"] = cross_searched(v, stats, prepared, fold_dir, keys, photo_of, raws,
                                                              tail.tail_nodes, tails, profile, inp)
                     lap("qcal ranges+search", t0)
                 elif v.tool == "qcal":
@@ -713,9 +717,9 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print("mAP50 per fold (" + " / ".join(f for f, _, _ in folds) + "): " + "; ".join(
                 f"{v.key} " + "/".join(fmt(per_fold[f][v.key]["map50"]) for f, _, _ in folds) for v in variants))
-        for fold, halves in search_log.items():
+        for run, halves in search_log.items():
             for h in halves:
-                print(f"{fold}: DEFAULT's search on {len(h['searched_on'])} photos ({h['search_inputs']} inputs), "
+                print(f"{run}: search on {len(h['searched_on'])} photos ({h['search_inputs']} inputs), "
                       f"its model scored on the other {len(h['scored_on'])} photos of the fold:")
                 print(h["text"].rstrip())
         for fold, s in scale_check.items():

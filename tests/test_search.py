@@ -13,7 +13,7 @@ from conftest import write_jpeg
 from qcal.calibrate import calibrate
 from qcal.model import find_decode_tail, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, resolve_profile
-from qcal.quantize import QuantizeOptions, activation_encodings, write_ort_ranges
+from qcal.quantize import QuantizeOptions
 from qcal.search import layer_nodes, layers_kept, rank_layers, search
 from qcal.synthetic import build_tiny
 
@@ -48,7 +48,9 @@ def test_a_layer_kept_float_takes_its_activation_and_pooling_along():
     assert layer_nodes(helper.make_model(graph), "conv") == ["conv", "sig", "silu", "pool"]
 
 
-def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_search(tmp_path):
+    """search()'s positional arguments for a tiny detector: 3 calibration images, 3 evaluation images."""
     size = 64
     profile = resolve_profile("yolov5", {"height": size, "width": size})
     model = prepare(build_tiny(size=(size, size), det_bias=2.0))
@@ -60,15 +62,16 @@ def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path, 
         result = image_to_raw(image, tmp_path / f"{i}.raw", tmp_path / f"{i}.json", profile)
         items.append((str(tmp_path / f"{i}.raw"), {"image": result.image, "letterbox": result.letterbox}))
     stats, _ = calibrate(tmp_path / "prepared.onnx", [raw for raw, _ in items[:3]], profile, "images", "NCHW")
-    options = QuantizeOptions()
-    write_ort_ranges(activation_encodings(stats, options), tmp_path / "ranges.json")
-    args = (tmp_path / "prepared.onnx", tmp_path / "ranges.json", tmp_path / "out.onnx", options,
+    return (tmp_path / "prepared.onnx", stats, tmp_path / "out.onnx", QuantizeOptions(),
             tail.tail_nodes, tail_tensors(model, tail), items[3:], profile, "images", "NCHW", 0.25, 0.45)
 
-    generous = search(*args, max_drop=1.0)
+
+def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tiny_search, tmp_path, monkeypatch):
+    args = tiny_search
+    generous = search(*args, max_drop=1.0, precision="float")
     assert len(generous) == 1 and generous[0].layer == ""  # budget met at once: nothing kept float
 
-    strict = search(*args, max_drop=0.0, max_steps=3)
+    strict = search(*args, max_drop=0.0, max_steps=3, precision="float")
     assert strict[0].layer == ""
     tried = [s for s in strict[1:] if s.back_to is None]
     assert 1 <= len(tried) <= 3 and all(s.precision == "float" for s in tried)
@@ -88,7 +91,7 @@ def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path, 
     scores = iter([0.5, 0.9, 0.7])
     monkeypatch.setattr("qcal.search.evaluate",
                         lambda *a, **k: SimpleNamespace(agreement={"map50": next(scores)}))
-    missed = search(*args, max_drop=0.0, max_steps=2)
+    missed = search(*args, max_drop=0.0, max_steps=2, precision="float")
     assert [s.map50_agreement for s in missed] == [0.5, 0.9, 0.7, 0.9] and missed[-1].back_to == 1
     assert layers_kept(missed) == 1
     quantized = onnx.load(tmp_path / "out.onnx")
@@ -96,3 +99,27 @@ def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tmp_path, 
     dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
     assert convs[missed[1].layer].input[1] not in dequantized  # step 1's layer float,
     assert convs[missed[2].layer].input[1] in dequantized      # step 2's back to int8
+
+
+def test_a_layer_kept_in_int16_gets_16_bit_activations_and_keeps_int8_weights(tiny_search, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.9])  # step 1 helps, so its model is the one shipped
+    monkeypatch.setattr("qcal.search.evaluate", lambda *a, **k: SimpleNamespace(agreement={"map50": next(scores)}))
+    strict = search(*tiny_search, max_drop=0.0, max_steps=1, precision="int16")
+    assert [s.precision for s in strict] == ["int8", "int16"] and strict[-1].back_to is None
+    layer = strict[1].layer
+    prepared = onnx.load(tmp_path / "prepared.onnx")
+    node = next(n for n in prepared.graph.node if n.name == layer)
+    group_outputs = [o for n in prepared.graph.node if n.name in layer_nodes(prepared, layer) for o in n.output]
+    quantized = onnx.load(tmp_path / "out.onnx")
+    zero_point_type = {i.name: i.data_type for i in quantized.graph.initializer}
+    quantize_of = {n.input[0]: n for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor in [node.input[0], *group_outputs]:  # the layer's input and outputs are uint16
+        assert zero_point_type[quantize_of[tensor].input[2]] == onnx.TensorProto.UINT16, tensor
+    weight_dq = next(n for n in quantized.graph.node if n.op_type == "DequantizeLinear"
+                     and n.output[0] == next(c for c in quantized.graph.node if c.name == layer).input[1])
+    assert zero_point_type[weight_dq.input[2]] == onnx.TensorProto.INT8  # weights stay int8
+    others = [n for n in prepared.graph.node if n.op_type == "Conv" and n.name != layer and n.output[0] in quantize_of]
+    assert others and all(zero_point_type[quantize_of[n.output[0]].input[2]] == onnx.TensorProto.UINT8
+                          for n in others if n.output[0] not in group_outputs)
+    with pytest.raises(ValueError, match="precision"):
+        search(*tiny_search, max_drop=0.0, precision="bf16")

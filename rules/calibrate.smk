@@ -73,8 +73,10 @@ rule quantize_model:
         info="results/model/model_info.json",
         ranges="results/calibration/ranges.json",
         stats="results/calibration/stats.npz",
-        eval_raws=search_raw_files,
-        eval_metas=search_sidecars,
+        eval_raws=lambda w: search_raws("raw"),
+        eval_metas=lambda w: search_raws("json"),
+        calibration_raws=lambda w: search_calibration_raws("raw"),
+        calibration_metas=lambda w: search_calibration_raws("json"),
     output:
         model="results/model_quantized.onnx",
         encodings="results/encodings.json",

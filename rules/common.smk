@@ -7,7 +7,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from qcal.images import find_images, image_of_stem, is_held_out, raw_stem, shard_of
+from qcal.images import find_images, image_of_stem, is_held_out, raw_stem, search_sample, shard_of
 from qcal.preprocess import resolve_profile
 
 validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
@@ -182,10 +182,14 @@ def coverage_label_inputs(wildcards):
     return expand("results/calibration/shard-{shard}.detections.tsv", shard=range(config["calibration"]["shards"]))
 
 
-def search_raw_files(wildcards):
+def search_raws(kind):
     """The accuracy search reads the evaluation images only when a budget is set."""
-    return evaluation_raws("raw") if config["quantization"]["max_drop"] is not None else []
+    return evaluation_raws(kind) if config["quantization"]["max_drop"] is not None else []
 
 
-def search_sidecars(wildcards):
-    return evaluation_raws("json") if config["quantization"]["max_drop"] is not None else []
+def search_calibration_raws(kind):
+    """...and a stable sample of the calibration images, which give its check more detections."""
+    if config["quantization"]["max_drop"] is None:
+        return []
+    count = config["quantization"]["search_calibration_images"]
+    return [f"results/raw/{raw_stem(i)}.{kind}" for i in search_sample(calibration_images(), count)]

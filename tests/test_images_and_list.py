@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qcal.images import find_images, image_of_stem, raw_stem
+from qcal.images import find_images, image_of_stem, raw_stem, search_sample
 from qcal.input_list import input_list_text, list_line, write_input_list
 
 
@@ -74,3 +74,15 @@ def test_all_images_skipped_is_an_error(tmp_path, monkeypatch):
     raw, meta = sidecar(tmp_path, "m.jpg", "skipped", "bad")
     with pytest.raises(ValueError, match="no usable calibration image"):
         write_input_list([raw], [meta], "list.txt", "index.tsv", "skipped.tsv")
+
+
+def test_the_search_sample_is_stable_when_images_come_and_go():
+    images = [f"dir/img{i:03d}.jpg" for i in range(300)]
+    sample = search_sample(images, 100)
+    assert len(sample) == 100 and sample == sorted(sample) and set(sample) <= set(images)
+    assert search_sample(list(reversed(images)), 100) == sample  # the listing order does not matter
+    grown = search_sample(images + ["dir/new.jpg"], 100)
+    assert len(set(grown) - set(sample)) <= 1  # one more image changes at most one member
+    shrunk = search_sample([i for i in images if i != sample[0]], 100)
+    assert len(set(sample) - set(shrunk)) == 1 and sample[0] not in shrunk
+    assert search_sample(images[:5], 100) == images[:5] and search_sample(images, 0) == []

@@ -120,6 +120,10 @@ def test_workflow_reports_with_yolo_labels(labelled_run):
     assert set(accuracy["sqnr_db"]) == {"boxes", "objectness", "classes"}
     table = pd.read_csv(work / "results/reports/accuracy.tsv", sep="\t")
     assert {"coverage", "ap50_agreement", "float_ap50", "quant_ap50", "ap50_drop", "action"} <= set(table.columns)
+    # the default budget's search scored each step on the evaluation images and the calibration sample
+    search = json.loads((work / "results/quantize_summary.json").read_text())["search"]
+    assert search["images"] == {"evaluation": 3, "calibration": 6} and search["steps"][0]["precision"] == "int8"
+    assert "accuracy search on 3 evaluation and 6 calibration images" in (work / "results/quantize_summary.txt").read_text()
 
 
 def chromium() -> str | None:

@@ -6,15 +6,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import write_jpeg
-from qcal.calibrate import calibrate
+from qcal.calibrate import calibrate, read_input
+from qcal.detections import sqnr_db
+from qcal.evaluate import evaluate
 from qcal.model import find_decode_tail, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, resolve_profile
-from qcal.quantize import QuantizeOptions
-from qcal.search import layer_nodes, layers_kept, rank_layers, search
+from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
+from qcal.search import SearchImages, confidence, layer_nodes, layers_kept, search, steps_text
 from qcal.synthetic import build_tiny
 
 
@@ -25,14 +28,6 @@ def chain() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
                               [helper.make_tensor_value_info("d", TensorProto.FLOAT, None)], [w])
     return helper.make_model(graph)
-
-
-def test_layers_rank_by_the_sqnr_they_lose():
-    sqnr = {"a": 50.0, "b": 49.0, "c": 30.0, "d": 28.0}
-    ranking = rank_layers(chain(), sqnr, "x", skip=set())
-    assert [name for name, _ in ranking] == ["c1", "c2", "c3"]  # 150 (from a clean input), 19, 2 dB
-    assert ranking[1][1] == pytest.approx(19.0) and ranking[2][1] == pytest.approx(2.0)
-    assert [n for n, _ in rank_layers(chain(), sqnr, "x", skip={"c1"})] == ["c2", "c3"]
 
 
 def test_a_layer_kept_float_takes_its_activation_and_pooling_along():
@@ -66,45 +61,87 @@ def tiny_search(tmp_path):
             tail.tail_nodes, tail_tensors(model, tail), items[3:], profile, "images", "NCHW", 0.25, 0.45)
 
 
-def test_search_keeps_layers_float_until_the_budget_or_the_step_limit(tiny_search, tmp_path, monkeypatch):
-    args = tiny_search
-    generous = search(*args, max_drop=1.0, precision="float")
-    assert len(generous) == 1 and generous[0].layer == ""  # budget met at once: nothing kept float
+def changed_layers(path) -> set[str]:
+    """Convs of a QDQ model that left int8: float weights (kept float) or a uint16 output (kept int16)."""
+    model = onnx.load(path)
+    zero_point_type = {i.name: i.data_type for i in model.graph.initializer}
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    q_type = {n.input[0]: zero_point_type.get(n.input[2]) for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    return {n.name for n in model.graph.node if n.op_type == "Conv"
+            and (n.input[1] not in dequantized or q_type.get(n.output[0]) == TensorProto.UINT16)}
 
-    strict = search(*args, max_drop=0.0, max_steps=3, precision="float")
-    assert strict[0].layer == ""
-    tried = [s for s in strict[1:] if s.back_to is None]
-    assert 1 <= len(tried) <= 3 and all(s.precision == "float" for s in tried)
-    assert len({s.layer for s in tried}) == len(tried)
-    if strict[-1].back_to is None:
-        assert strict[-1].drop == 0.0 or len(tried) == 3  # stops at the budget or at the step limit
-    else:  # budget not met: the best step's model is shipped
-        assert len(tried) == 3 and strict[-1].map50_agreement == max(s.map50_agreement for s in strict[:-1])
-    kept = [s.layer for s in strict[1:layers_kept(strict) + 1]]
-    quantized = onnx.load(tmp_path / "out.onnx")
-    convs = {n.name: n for n in quantized.graph.node if n.op_type == "Conv"}
-    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    for layer in kept:  # a float layer reads float weights, not dequantized int8 ones
-        assert convs[layer].input[1] not in dequantized
 
-    # A budget never met: the model shipped is the best step's, not the last one's.
-    scores = iter([0.5, 0.9, 0.7])
-    monkeypatch.setattr("qcal.search.evaluate",
-                        lambda *a, **k: SimpleNamespace(agreement={"map50": next(scores)}))
-    missed = search(*args, max_drop=0.0, max_steps=2, precision="float")
+class ScriptedImages:
+    """Stands in for SearchImages: scores a quantized model by which layers left int8, so the search's
+    order and stopping can be checked exactly. Real scoring is tested against qcal.evaluate below."""
+    gain: dict[str, float] = {}
+    agreement = staticmethod(lambda changed: 1.0)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def score(self, quantized) -> tuple[float, float]:
+        changed = changed_layers(quantized)
+        return type(self).agreement(len(changed)), 10.0 + sum(self.gain[layer] for layer in changed)
+
+
+@pytest.mark.parametrize("precision", ["int16", "float"])
+def test_layers_leave_int8_in_order_of_their_effect_until_the_budget(tiny_search, tmp_path, monkeypatch, precision):
+    convs = [n.name for n in onnx.load(tmp_path / "prepared.onnx").graph.node if n.op_type == "Conv"]
+    ScriptedImages.gain = {layer: float((7 * i) % len(convs)) / 10 for i, layer in enumerate(convs)}
+    ScriptedImages.agreement = staticmethod(lambda changed: min(1.0, 0.7 + 0.1 * changed))  # 3 layers meet 0.05
+    monkeypatch.setattr("qcal.search.SearchImages", ScriptedImages)
+    steps = search(*tiny_search, max_drop=0.05, precision=precision)
+    best_three = sorted(convs, key=lambda layer: -ScriptedImages.gain[layer])[:3]
+    assert [s.layer for s in steps] == ["", *best_three]
+    assert [s.precision for s in steps] == ["int8"] + [precision] * 3
+    assert [s.effect_db for s in steps[1:]] == pytest.approx([ScriptedImages.gain[layer] for layer in best_three])
+    assert [s.map50_agreement for s in steps] == pytest.approx([0.7, 0.8, 0.9, 1.0]) and layers_kept(steps) == 3
+    assert changed_layers(tmp_path / "out.onnx") == set(best_three)
+    if precision == "float":  # a float layer reads float weights, not dequantized int8 ones
+        quantized = onnx.load(tmp_path / "out.onnx")
+        dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+        assert all(n.input[1] not in dequantized for n in quantized.graph.node if n.name in best_three)
+
+    generous = search(*tiny_search, max_drop=0.35, precision=precision)
+    assert [s.layer for s in generous] == [""] and changed_layers(tmp_path / "out.onnx") == set()
+
+
+def test_a_budget_never_met_ships_the_best_step(tiny_search, tmp_path, monkeypatch):
+    convs = [n.name for n in onnx.load(tmp_path / "prepared.onnx").graph.node if n.op_type == "Conv"]
+    ScriptedImages.gain = {layer: float(i) for i, layer in enumerate(convs)}
+    ScriptedImages.agreement = staticmethod(lambda changed: {0: 0.5, 1: 0.9}.get(changed, 0.7))
+    monkeypatch.setattr("qcal.search.SearchImages", ScriptedImages)
+    missed = search(*tiny_search, max_drop=0.0, max_steps=2, precision="float")
     assert [s.map50_agreement for s in missed] == [0.5, 0.9, 0.7, 0.9] and missed[-1].back_to == 1
     assert layers_kept(missed) == 1
-    quantized = onnx.load(tmp_path / "out.onnx")
-    convs = {n.name: n for n in quantized.graph.node if n.op_type == "Conv"}
-    dequantized = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    assert convs[missed[1].layer].input[1] not in dequantized  # step 1's layer float,
-    assert convs[missed[2].layer].input[1] in dequantized      # step 2's back to int8
+    assert changed_layers(tmp_path / "out.onnx") == {missed[1].layer}  # step 1's layer float, step 2's back to int8
+    assert "budget not met: back to step 1" in steps_text(missed, 0.0)
+
+
+def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
+    prepared, stats, out, options, tail_nodes, tails, items, profile, name, layout, conf, iou = tiny_search
+    write_ort_ranges(activation_encodings(stats, options, tails), tmp_path / "ranges.json")
+    quantize_model(prepared, tmp_path / "ranges.json", out, options, tail_nodes, tails)
+    images = SearchImages(prepared, items, profile, name, layout, conf, iou, tmp_path)
+    agreement, confidence_db = images.score(out)
+    report = evaluate(prepared, out, items, profile, name, layout, conf, iou, None)
+    assert agreement == pytest.approx(report.agreement["map50"] if report.agreement["map50"] is not None else 1.0)
+    run = {path: ort.InferenceSession(str(path)) for path in (prepared, out)}
+    outputs = {path: np.concatenate([s.run(None, {name: read_input(raw, profile, layout)})[0] for raw, _ in items])
+               for path, s in run.items()}
+    assert confidence_db == pytest.approx(sqnr_db(confidence(outputs[prepared]), confidence(outputs[out])), rel=1e-6)
+    itself = evaluate(prepared, prepared, items, profile, name, layout, conf, iou, None).agreement["map50"]
+    assert images.score(prepared) == (pytest.approx(1.0 if itself is None else itself), float("inf"))
 
 
 def test_a_layer_kept_in_int16_gets_16_bit_activations_and_keeps_int8_weights(tiny_search, tmp_path, monkeypatch):
-    scores = iter([0.5, 0.9])  # step 1 helps, so its model is the one shipped
-    monkeypatch.setattr("qcal.search.evaluate", lambda *a, **k: SimpleNamespace(agreement={"map50": next(scores)}))
-    strict = search(*tiny_search, max_drop=0.0, max_steps=1, precision="int16")
+    convs = [n.name for n in onnx.load(tmp_path / "prepared.onnx").graph.node if n.op_type == "Conv"]
+    ScriptedImages.gain = {layer: float(i) for i, layer in enumerate(convs)}
+    ScriptedImages.agreement = staticmethod(lambda changed: 0.5 + 0.4 * changed)  # one layer meets the budget
+    monkeypatch.setattr("qcal.search.SearchImages", ScriptedImages)
+    strict = search(*tiny_search, max_drop=0.1, precision="int16")
     assert [s.precision for s in strict] == ["int8", "int16"] and strict[-1].back_to is None
     layer = strict[1].layer
     prepared = onnx.load(tmp_path / "prepared.onnx")

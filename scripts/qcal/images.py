@@ -54,3 +54,9 @@ def shard_of(image_id: str, shards: int) -> int:
 def is_held_out(image_id: str, fraction: float) -> bool:
     """Stable evaluation split: an image stays on its side whatever else is added or removed."""
     return _unit_hash(image_id, "holdout") < fraction
+
+
+def search_sample(image_ids: list[str], count: int) -> list[str]:
+    """A stable sample of `count` calibration images for the accuracy search: adding or removing one image
+    changes at most one member."""
+    return sorted(sorted(image_ids, key=lambda i: _unit_hash(i, "search"))[:count])

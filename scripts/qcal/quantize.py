@@ -222,6 +222,7 @@ def run_quantize_from_snakemake(smk) -> None:  # pragma: no cover - exercised by
     options = options_from_config(smk.params.quantization)
     info = json.loads(Path(smk.input.info).read_text())
     max_drop = smk.params.quantization["max_drop"]
+    stats, stats_meta = load_stats(smk.input.stats)
     search_note, steps = "", None
     if max_drop is None:
         search_note = "  accuracy search: off (quantization.max_drop is not set)\n"
@@ -236,19 +237,22 @@ def run_quantize_from_snakemake(smk) -> None:  # pragma: no cover - exercised by
         from qcal.search import search, steps_text
 
         profile = resolve_profile(smk.params.profile, json.loads(smk.params.settings))
-        items = usable_raws(list(smk.input.eval_raws), list(smk.input.eval_metas))
-        stats, _ = load_stats(smk.input.stats)
+        evaluation = usable_raws(list(smk.input.eval_raws), list(smk.input.eval_metas))
+        seen = {raw for raw, _ in evaluation}  # evaluation.images: calibration lists them twice
+        calibration = [item for item in usable_raws(list(smk.input.calibration_raws), list(smk.input.calibration_metas))
+                       if item[0] not in seen]
         steps = search(smk.input.model, stats, smk.output.model, options, info["tail_nodes"],
-                       info["tail_tensors"], items, profile, info["input_name"], info["layout"],
+                       info["tail_tensors"], evaluation + calibration, profile, info["input_name"], info["layout"],
                        smk.params.conf, smk.params.iou, max_drop, smk.params.quantization["search_precision"])
-        search_note = steps_text(steps, max_drop)
+        search_note = (f"  accuracy search on {len(evaluation)} evaluation and {len(calibration)} calibration images\n"
+                       + steps_text(steps, max_drop))
     quantized = onnx.load(smk.output.model)
     encodings = encodings_from_qdq(quantized)
     Path(smk.output.encodings).write_text(json.dumps(encodings, indent=1) + "\n")
-    _, stats_meta = load_stats(smk.input.stats)
     s = summary(onnx.load(smk.input.model), quantized, smk.output.model, smk.input.model, options,
                 info, stats_meta, encodings)
     s["search"] = ({"max_drop": max_drop, "met": steps[-1].drop <= max_drop,
+                    "images": {"evaluation": len(evaluation), "calibration": len(calibration)},
                     "steps": [vars(step) for step in steps]} if steps else None)
     Path(smk.output.summary).write_text(json.dumps(s, indent=1) + "\n")
     text = summary_text(s) + search_note

@@ -123,9 +123,13 @@ def search_html(search: dict | None) -> str:
                          columns=["step", "change", "mAP50 agreement", "drop"])
     verdict = "met" if search["met"] else "NOT met"
     precision = next((s["precision"] for s in search["steps"][1:]), "float")
-    return (f"<p>Budget: agreement drop at most {search['max_drop']}: {verdict} after "
-            f"{len(search['steps']) - 1} steps; each step keeps one more layer (the one losing most SQNR) in "
-            f"{precision}, with its activation.</p>" + table_html(steps))
+    images = search.get("images") or {}
+    scored = (f" on {images['evaluation']} evaluation and {images['calibration']} calibration images"
+              if images else "")
+    return (f"<p>Budget: agreement drop at most {search['max_drop']}{scored}: {verdict} after "
+            f"{len(search['steps']) - 1} steps; each step keeps one more layer in {precision}, with its "
+            "activation: the layer that, moved on its own, gave back the most confidence SQNR.</p>"
+            + table_html(steps))
 
 
 def accuracy_html(table: pd.DataFrame, o: dict, summary: str, flag_drop: float, search: dict | None = None) -> str:

@@ -1,6 +1,7 @@
 """Accuracy-aware mixed precision, as NNCF's accuracy control and AIMET's AutoQuant do it: rank the
-layers by how much quantization error each adds, then keep the worst in 16 bit (or float) one at a time
-until the int8 model agrees with the float model within the budget on the evaluation images."""
+layers by their effect (how much of the detector's confidence error each removes when it alone leaves
+int8), then keep them in 16 bit (or float), largest effect first, until the int8 model agrees with the
+float model within the budget on the search images."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from qcal.calibrate import observing_session, read_input
-from qcal.evaluate import evaluate
+from qcal.calibrate import read_input
+from qcal.detections import APAccumulator, Detections, decode, scale_detections
+from qcal.evaluate import LOW_CONF, session
 from qcal.preprocess import Profile
 from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
 from qcal.stats import TensorStats
@@ -47,42 +48,48 @@ def layer_nodes(model: onnx.ModelProto, layer: str) -> list[str]:
     return group
 
 
-def layer_sqnr(float_model: str | Path, quant_model: str | Path, items: list[tuple[str, dict]], profile: Profile,
-               input_name: str, layout: str, tensors: list[str]) -> dict[str, float]:
-    """SQNR (dB) of each tensor in the quantized model against the float model, over the items. The
-    quantized model keeps the float tensor names at the outputs of its (simulated) layers."""
-    names = {}
-    sessions = {}
-    for key, path in (("float", float_model), ("quant", quant_model)):
-        sessions[key] = observing_session(onnx.load(str(path)), tensors, threads=1)
-        names[key] = [o.name for o in sessions[key].get_outputs()]
-    signal = dict.fromkeys(tensors, 0.0)
-    noise = dict.fromkeys(tensors, 0.0)
-    for raw, _ in items:
-        x = read_input(raw, profile, layout)
-        outs = {key: dict(zip(names[key], s.run(names[key], {input_name: x}))) for key, s in sessions.items()}
-        for t in tensors:
-            ref, got = outs["float"][t].astype(np.float64), outs["quant"][t].astype(np.float64)
-            signal[t] += float(np.sum(ref ** 2))
-            noise[t] += float(np.sum((ref - got) ** 2))
-    return {t: (float("inf") if noise[t] == 0 else 10 * np.log10(max(signal[t], 1e-30) / noise[t])) for t in tensors}
+def confidence(output: np.ndarray) -> np.ndarray:
+    """YOLOv5-style output [..., x, y, w, h, objectness, classes...] -> the scores detections are ranked
+    and thresholded by: objectness x class probability."""
+    return output[..., 4:5] * output[..., 5:]
 
 
-def rank_layers(model: onnx.ModelProto, sqnr: dict[str, float], input_name: str,
-                skip: set[str]) -> list[tuple[str, float]]:
-    """Layers ordered by the SQNR they lose: SQNR of their best input minus SQNR of their output. Error
-    accumulates through the network, so the drop across a layer is its own contribution."""
-    producer_sqnr = dict(sqnr)
-    producer_sqnr.setdefault(input_name, float("inf"))
-    ranked = []
-    for node in model.graph.node:
-        if node.op_type not in RANKED_OPS or node.name in skip or node.output[0] not in sqnr:
-            continue
-        inputs = [producer_sqnr[i] for i in node.input if i in producer_sqnr]
-        before = min(inputs) if inputs else float("inf")
-        before = min(before, 200.0)  # an exact (infinite-SQNR) input counts as very clean, not infinitely
-        ranked.append((node.name, before - min(sqnr[node.output[0]], 200.0)))
-    return sorted(ranked, key=lambda item: -item[1])
+class SearchImages:
+    """The search images with the float model's outputs, computed once and kept on disk (YOLOv5s at 640
+    gives 8.6 MB per image), and its detections at the deployment threshold: the truth every step is
+    scored against. Each step then runs only the quantized model."""
+
+    def __init__(self, prepared: str | Path, items: list[tuple[str, dict]], profile: Profile, input_name: str,
+                 layout: str, conf: float, iou: float, folder: str | Path, threads: int = 1) -> None:
+        self.items, self.profile, self.input_name, self.layout, self.iou = items, profile, input_name, layout, iou
+        self.threads = threads
+        self.outputs: np.ndarray | None = None
+        self.truth: list[Detections] = []
+        for i, y in enumerate(self._run(prepared)):
+            if self.outputs is None:
+                self.outputs = np.lib.format.open_memmap(Path(folder) / "float_outputs.npy", mode="w+",
+                                                         dtype=np.float32, shape=(len(items), *y.shape))
+            self.outputs[i] = y
+            self.truth.append(scale_detections(decode(y, conf, iou), items[i][1]["letterbox"]))
+
+    def _run(self, model: str | Path):
+        sess = session(model, self.threads)
+        for raw, _ in self.items:
+            yield sess.run(None, {self.input_name: read_input(raw, self.profile, self.layout)})[0]
+
+    def score(self, quantized: str | Path) -> tuple[float, float]:
+        """(mAP50 agreement, confidence SQNR in dB) of a quantized model against the float model."""
+        agreement = APAccumulator()
+        signal = noise = 0.0
+        for i, y in enumerate(self._run(quantized)):
+            truth = self.truth[i]
+            agreement.add(scale_detections(decode(y, LOW_CONF, self.iou), self.items[i][1]["letterbox"]),
+                          truth.boxes, truth.classes)
+            reference = confidence(self.outputs[i]).astype(np.float64)
+            signal += float(np.sum(reference ** 2))
+            noise += float(np.sum((reference - confidence(y)) ** 2))
+        map50 = agreement.result()["map50"]
+        return (1.0 if map50 is None else map50), (float("inf") if noise == 0 else 10 * np.log10(signal / noise))
 
 
 @dataclass
@@ -92,6 +99,7 @@ class SearchStep:
     map50_agreement: float
     drop: float
     back_to: int | None = None  # the budget was not met: the model of this earlier, best step is kept
+    effect_db: float | None = None  # confidence SQNR this layer gave back on its own, which ranked it
 
 
 PRECISIONS = ("int16", "float")
@@ -116,39 +124,36 @@ def layer_change(model: onnx.ModelProto, layer: str, precision: str, options: Qu
 def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path, options: QuantizeOptions,
            tail_nodes: list[str], tail_tensors: list[str], items: list[tuple[str, dict]], profile: Profile,
            input_name: str, layout: str, conf: float, iou: float, max_drop: float, precision: str = "int16",
-           max_steps: int = 20) -> list[SearchStep]:
-    """Quantize, then move layers out of 8 bit (to `precision`), worst first, until 1 - mAP50 agreement
-    <= max_drop (or max_steps layers). Writes the final model to out and returns every step."""
+           max_steps: int = 20, threads: int = 1) -> list[SearchStep]:
+    """Quantize; if 1 - mAP50 agreement > max_drop, measure each layer's effect (the confidence SQNR it
+    gives back when it alone moves to `precision`), then move layers, largest effect first, until the
+    budget is met (or max_steps layers). Writes the final model to out and returns every step."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     model = onnx.load(str(prepared))
     with tempfile.TemporaryDirectory(prefix="qcal-search-") as tmp:
         current, ranges = Path(tmp) / "step.onnx", Path(tmp) / "ranges.json"
+        images = SearchImages(prepared, items, profile, input_name, layout, conf, iou, tmp, threads)
 
-        def quantize(step_options: QuantizeOptions) -> None:
+        def quantize(step_options: QuantizeOptions) -> tuple[float, float]:
             # 16-bit tensors need 16-bit ranges (a wider clip than the 8-bit one), so ranges follow the step
             write_ort_ranges(activation_encodings(stats, step_options, tail_tensors), ranges)
             quantize_model(prepared, ranges, current, step_options, tail_nodes, tail_tensors)
+            return images.score(current)
 
-        def agreement() -> float:
-            ev = evaluate(prepared, current, items, profile, input_name, layout, conf, iou, None)
-            return ev.agreement["map50"] if ev.agreement["map50"] is not None else 1.0
-
-        quantize(options)
-        score = agreement()
+        score, base_sqnr = quantize(options)
         steps = [SearchStep("", "int8", score, 1 - score)]
         if 1 - score > max_drop:
-            layers = [n.name for n in model.graph.node if n.op_type in RANKED_OPS]
-            sqnr = layer_sqnr(prepared, current, items, profile, input_name, layout,
-                              [n.output[0] for n in model.graph.node if n.name in set(layers)])
-            ranking = rank_layers(model, sqnr, input_name, set(options.exclude_nodes) | set(tail_nodes))
+            skip = set(options.exclude_nodes) | set(tail_nodes)
+            layers = [n.name for n in model.graph.node if n.op_type in RANKED_OPS and n.name not in skip]
+            effect = {layer: quantize(layer_change(model, layer, precision, options))[1] - base_sqnr
+                      for layer in layers}
+            ranking = sorted(layers, key=lambda layer: -effect[layer])
             options_at = [options]  # the quantization options after each step
-
-            for layer, _ in ranking[:max_steps]:
+            for layer in ranking[:max_steps]:
                 options_at.append(layer_change(model, layer, precision, options_at[-1]))
-                quantize(options_at[-1])
-                score = agreement()
-                steps.append(SearchStep(layer, precision, score, 1 - score))
+                score, _ = quantize(options_at[-1])
+                steps.append(SearchStep(layer, precision, score, 1 - score, effect_db=effect[layer]))
                 if 1 - score <= max_drop:
                     break
             best = max(range(len(steps)), key=lambda i: (steps[i].map50_agreement, -i))
@@ -157,6 +162,7 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
                 quantize(options_at[best])
                 steps.append(SearchStep("", steps[best].precision, steps[best].map50_agreement, steps[best].drop,
                                         back_to=best))
+        del images  # release the memory map before its folder goes
         Path(out).write_bytes(current.read_bytes())
     return steps
 
@@ -164,7 +170,10 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
 def describe(step: SearchStep) -> str:
     if step.back_to is not None:
         return f"budget not met: back to step {step.back_to}, the best"
-    return f"keep {step.layer} (and its activation) in {step.precision}" if step.layer else "all layers int8"
+    if not step.layer:
+        return "all layers int8"
+    effect = f" (alone: {step.effect_db:+.2f} dB confidence SQNR)" if step.effect_db is not None else ""
+    return f"keep {step.layer} (and its activation) in {step.precision}{effect}"
 
 
 def layers_kept(steps: list[SearchStep]) -> int:

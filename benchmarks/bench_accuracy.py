@@ -51,7 +51,7 @@ What one run does (real photographs only, nothing generated):
 
     .venv/bin/python benchmarks/bench_accuracy.py                  # ~23 minutes on 2 cores
     .venv/bin/python benchmarks/bench_accuracy.py --folds 1 --views 0 --only qcal-minmax ort-minmax  # ~1 min
-    .venv/bin/python benchmarks/bench_accuracy.py --only qcal-default qcal-mse ort-minmax  # the search: ~12 min
+    .venv/bin/python benchmarks/bench_accuracy.py --only qcal-default qcal-mse ort-minmax  # the default search and two baselines
 
 Most of the time goes into the 8 budgeted searches (2 precisions x 2 folds x 2 halves; each measures
 every layer's effect, then adds layers) and into running the 15 quantized models on 336 held-out inputs

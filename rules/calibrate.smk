@@ -91,6 +91,7 @@ rule quantize_model:
         settings=PROFILE_SETTINGS,
         conf=LABELS["conf_threshold"],
         iou=LABELS["iou_threshold"],
+    threads: EVALUATION["threads"]  # the accuracy search runs the model as the evaluation does
     resources:
         mem_mb=4000,
     conda:

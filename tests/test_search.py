@@ -81,7 +81,7 @@ class ScriptedImages:
     def __init__(self, *args, **kwargs) -> None:
         pass
 
-    def score(self, quantized) -> tuple[float, float]:
+    def score(self, quantized, at_most=None) -> tuple[float, float]:
         changed = changed_layers(quantized)
         return type(self).agreement(len(changed)), 10.0 + sum(self.gain[layer] for layer in changed)
 
@@ -132,6 +132,8 @@ def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
     outputs = {path: np.concatenate([s.run(None, {name: read_input(raw, profile, layout)})[0] for raw, _ in items])
                for path, s in run.items()}
     assert confidence_db == pytest.approx(sqnr_db(confidence(outputs[prepared]), confidence(outputs[out])), rel=1e-6)
+    spread = evaluate(prepared, out, [items[0], items[2]], profile, name, layout, conf, iou, None)
+    assert images.score(out, at_most=2)[0] == pytest.approx(spread.agreement["map50"] or 1.0)  # every other image
     itself = evaluate(prepared, prepared, items, profile, name, layout, conf, iou, None).agreement["map50"]
     assert images.score(prepared) == (pytest.approx(1.0 if itself is None else itself), float("inf"))
 

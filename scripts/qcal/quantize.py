@@ -243,7 +243,8 @@ def run_quantize_from_snakemake(smk) -> None:  # pragma: no cover - exercised by
                        if item[0] not in seen]
         steps = search(smk.input.model, stats, smk.output.model, options, info["tail_nodes"],
                        info["tail_tensors"], evaluation + calibration, profile, info["input_name"], info["layout"],
-                       smk.params.conf, smk.params.iou, max_drop, smk.params.quantization["search_precision"])
+                       smk.params.conf, smk.params.iou, max_drop, smk.params.quantization["search_precision"],
+                       threads=smk.threads)
         search_note = (f"  accuracy search on {len(evaluation)} evaluation and {len(calibration)} calibration images\n"
                        + steps_text(steps, max_drop))
     quantized = onnx.load(smk.output.model)

@@ -138,10 +138,13 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
         current, ranges = Path(tmp) / "step.onnx", Path(tmp) / "ranges.json"
         images = SearchImages(prepared, items, profile, input_name, layout, conf, iou, tmp, threads)
 
-        def quantize(step_options: QuantizeOptions, at_most: int | None = None) -> tuple[float, float]:
+        def build(step_options: QuantizeOptions) -> None:
             # 16-bit tensors need 16-bit ranges (a wider clip than the 8-bit one), so ranges follow the step
             write_ort_ranges(activation_encodings(stats, step_options, tail_tensors), ranges)
             quantize_model(prepared, ranges, current, step_options, tail_nodes, tail_tensors)
+
+        def quantize(step_options: QuantizeOptions, at_most: int | None = None) -> tuple[float, float]:
+            build(step_options)
             return images.score(current, at_most)
 
         score, _ = quantize(options)
@@ -164,8 +167,8 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
                     break
             best = max(range(len(steps)), key=lambda i: (steps[i].map50_agreement, -i))
             if 1 - score > max_drop and best != len(steps) - 1:
-                # budget not met: ship the best step seen, the fewest changed layers on a tie
-                quantize(options_at[best])
+                # budget not met: ship the best step seen (already scored), the fewest changed layers on a tie
+                build(options_at[best])
                 steps.append(SearchStep("", steps[best].precision, steps[best].map50_agreement, steps[best].drop,
                                         back_to=best))
         del images  # release the memory map before its folder goes

@@ -48,6 +48,12 @@ What one run does (real photographs only, nothing generated):
                * model size (MB) and mean ONNX Runtime latency per input (--threads intra-op threads).
                * paired bootstrap over held-out photos (--bootstrap resamples) of the mAP50 difference for
                  each qcal-vs-ORT pair: a 90% interval, since a few dozen photos make mAP noisy.
+  entropy      with qcal-entropy, ort-entropy-2048 and qcal-minmax in the run, it prints the upper range end
+               of the first activations for both tools, and re-scores ORT's own 2048-bin histograms three
+               ways: ORT's get_entropy_threshold as shipped; the same KL with each candidate's leftover bins
+               ((2i+1) mod 128) merged into its last group, where ORT leaves them with q = 0 (1e-4 after
+               smoothing), so that the clipped mass in p's last bin dominates its KL; and qcal's exact
+               (TensorRT) KL. It shows whether the tools differ in the criterion or in the histogram.
 
     .venv/bin/python benchmarks/bench_accuracy.py                  # ~23 minutes on 2 cores
     .venv/bin/python benchmarks/bench_accuracy.py --folds 1 --views 0 --only qcal-minmax ort-minmax  # ~1 min
@@ -88,7 +94,8 @@ import onnxruntime as ort
 from snakemake.utils import validate
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       create_calibrator, quantize_static)
-from onnxruntime.quantization.calibrate import save_tensors_data
+from onnxruntime.quantization.calibrate import (HistogramCollector, entropy as ort_kl, save_tensors_data,
+                                                smooth_distribution)
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from PIL import ImageOps
 
@@ -100,6 +107,7 @@ from qcal.fetch import fetch_images, read_manifest
 from qcal.images import search_sample
 from qcal.model import find_decode_tail, load_checked, model_input, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, load_rgb, resolve_profile
+from qcal.ranges import _KLTables, _kl_divergence
 from qcal.quantize import (QuantizeOptions, activation_encodings, options_from_config, quantize_model,
                            write_ort_ranges)
 from qcal.search import PRECISIONS, search, steps_text
@@ -115,6 +123,7 @@ CONF_TRUTH_LOW = 0.1  # secondary reference with more (weaker) float boxes: the 
 CONF_LOW = 0.001    # quantized detections for AP (YOLOv5 val.py's threshold)
 CONF_DEPLOY = 0.25  # quantized detections as deployed, for precision / recall
 NMS_IOU = 0.45
+ENTROPY_CHECK_TENSORS = 8  # activations in graph order whose entropy ranges the run prints
 CROP = 0.6          # corner crops: this share of the width and of the height
 VIEWS = ["flip", "crop-tl", "crop-tr", "crop-bl", "crop-br"]
 SQNR_COLUMNS = {"boxes": np.s_[..., 0:4], "objectness": np.s_[..., 4], "classes": np.s_[..., 5:],
@@ -457,6 +466,40 @@ def activation_scales(path: Path) -> dict[str, float]:
     return scales
 
 
+def cache_ranges(path: Path) -> dict[str, dict]:
+    """Ranges (and ORT's histograms, when present) of a calibration cache as ORT's save_tensors_data writes it."""
+    def value(x):
+        return np.asarray(x["data"] if isinstance(x, dict) else x)
+    return {name: {k: value(v) for k, v in d.items() if k != "CLS"}
+            for name, d in json.loads(path.read_text())["data"].items()}
+
+
+def entropy_thresholds(hist: np.ndarray, edges: np.ndarray, levels: int = 128) -> dict[str, float]:
+    """Upper KL threshold on one ORT entropy histogram (symmetric candidates +-t, at least `levels` bins),
+    three ways: ORT's own get_entropy_threshold; the same KL with each candidate's (2i+1) mod `levels`
+    leftover bins merged into the last group (ORT leaves them with q = 0, which smoothing turns into
+    1e-4, so the clipped mass in p's last bin costs p log(p / 1e-4)); and qcal's exact KL (TensorRT's)."""
+    collector = HistogramCollector("entropy", True, hist.size, levels, 99.99, None)
+    shipped = float(collector.get_entropy_threshold((hist, edges, edges[0], edges[-1]), levels)[1])
+    zero, tables = hist.size // 2, _KLTables.build(hist.astype(np.float64))
+    spans = [(zero - i, min(zero + i + 1, hist.size)) for i in range(levels // 2, zero + 1)]
+    merged = []
+    for a, b in spans:
+        inside = hist[a:b].astype(np.float64)
+        p = inside.copy()
+        p[0] += hist[:a].sum()
+        p[-1] += hist[b:].sum()
+        starts = np.arange(levels) * (inside.size // levels)
+        nonzero = np.add.reduceat((p > 0).astype(np.float64), starts)
+        spread = np.add.reduceat(inside, starts) / np.maximum(nonzero, 1)
+        q = np.repeat(spread, np.diff(np.append(starts, inside.size))) * (p > 0)
+        ps, qs = smooth_distribution(p), smooth_distribution(q)
+        merged.append(np.inf if ps is None or qs is None else float(ort_kl(ps, qs)))
+    exact = _kl_divergence(tables, np.array([a for a, _ in spans]), np.array([b for _, b in spans]), levels)
+    return {"ort": shipped, "ort_leftover_merged": float(edges[spans[int(np.argmin(merged))][1]]),
+            "qcal_kl": float(edges[spans[int(np.argmin(exact))][1]])}
+
+
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -492,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="1: calibrate on B, evaluate on A; 2: also the other way round (default)")
     parser.add_argument("--views", type=int, choices=range(len(VIEWS) + 1), default=len(VIEWS),
                         help=f"extra views per held-out photo, of {VIEWS} (default: all)")
+    parser.add_argument("--calibrate-views", action="store_true",
+                        help="calibrate on the calibration photos' views too, not only on the whole photos")
     parser.add_argument("--size", type=int, default=640,
                         help="model input size (qcal's default 640; Darknet trained YOLOv3-tiny at 416)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
@@ -574,12 +619,14 @@ def main(argv: list[str] | None = None) -> int:
         sizes: dict[str, float] = {}
         per_fold: dict[str, dict[str, dict]] = {}
         scale_check: dict[str, dict] = {}
+        entropy_check: dict[str, list[dict]] = {}
         calib_meta: dict[str, dict] = {}
         search_log: dict[str, list[dict]] = {}  # "<variant> <fold>" -> both halves
         for fold, calib, _ in folds:
             fold_dir = work / fold.replace(" ", "")
             fold_dir.mkdir(exist_ok=True)
             keys = eval_keys[fold]
+            calib = [k for k in sources if photo_of[k] in set(calib)] if args.calibrate_views else calib
             if any(v.tool == "qcal" for v in variants):
                 t0 = time.perf_counter()
                 stats, calib_meta[fold] = calibrate(prepared, [str(raws[n]) for n in calib], profile, inp.name,
@@ -629,6 +676,15 @@ def main(argv: list[str] | None = None) -> int:
                                      "only_ort": len(set(os_) - set(qs)),
                                      "max_rel_diff": float(rel.max()) if rel.size else None,
                                      "median_rel_diff": float(np.median(rel)) if rel.size else None}
+            if {"qcal-entropy", "ort-entropy-2048", "qcal-minmax"} <= {v.key for v in variants}:
+                mine = cache_ranges(fold_dir / "qcal-entropy.ranges.json")
+                theirs = cache_ranges(fold_dir / "ort-entropy-2048.ranges.json")
+                observed = cache_ranges(fold_dir / "qcal-minmax.ranges.json")
+                entropy_check[fold] = [
+                    {"tensor": t, "max": float(observed[t]["highest"]), "qcal": float(mine[t]["highest"]),
+                     "ort_used": float(theirs[t]["highest"]),
+                     **entropy_thresholds(theirs[t]["hist"], theirs[t]["bins"])}
+                    for t in [t for t in mine if t in theirs and t != inp.name][:ENTROPY_CHECK_TENSORS]]
 
         # -- pooled scores ----------------------------------------------------------------------------
         evaluated = sorted({k for keys in eval_keys.values() for k in keys})
@@ -736,6 +792,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"activation scales, qcal minmax vs ORT MinMax ({fold}): {s['tensors']} tensors in both, "
                   f"relative difference median {s['median_rel_diff'] or 0:.1e}, max {s['max_rel_diff'] or 0:.1e}; "
                   f"only in qcal's {s['only_qcal']}, only in ORT's {s['only_ort']}")
+        for fold, rows in entropy_check.items():
+            print(f"entropy, upper end of the first {len(rows)} activations ({fold}): observed max; qcal entropy; "
+                  f"ORT Entropy 2048 as used; on ORT's own histogram: ORT's KL / ORT's KL with its leftover bins "
+                  f"merged / qcal's KL")
+            for r in rows:
+                print(f"  {r['tensor'][:28]:28} {r['max']:7.2f}  qcal {r['qcal']:6.2f}  ORT {r['ort_used']:6.2f}  "
+                      f"on ORT's histogram: {r['ort']:6.2f} / {r['ort_leftover_merged']:6.2f} / {r['qcal_kl']:6.2f}")
         print()
         print("time: " + ", ".join(f"{k} {t:.1f}s" for k, t in timings.items()) + f"; total {total:.1f}s")
 
@@ -750,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
                 "conf_truth": CONF_TRUTH, "conf_low": CONF_LOW, "conf_deploy": CONF_DEPLOY, "nms_iou": NMS_IOU,
                 "float": {"size_mb": float_mb, "ms_per_image": float_ms}, "calibration_meta": calib_meta,
                 "results": results, "results_whole_photos": results_whole, "per_fold": per_fold,
-                "comparisons": comparisons, "scale_check": scale_check, "search": search_log, "timings_s": timings, "total_s": total,
+                "comparisons": comparisons, "scale_check": scale_check, "entropy_check": entropy_check, "search": search_log, "timings_s": timings, "total_s": total,
             }, indent=1, default=float) + "\n")
     finally:
         if args.work is None and not args.keep:

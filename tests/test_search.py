@@ -17,7 +17,8 @@ from qcal.evaluate import evaluate
 from qcal.model import find_decode_tail, prepare, tail_tensors
 from qcal.preprocess import image_to_raw, resolve_profile
 from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
-from qcal.search import SearchImages, confidence, layer_nodes, layers_kept, search, steps_text
+from qcal.search import (RANKING_IMAGES, Score, SearchImages, confidence, hardest, layer_nodes, layers_kept, search,
+                         steps_text)
 from qcal.synthetic import build_tiny
 
 
@@ -81,9 +82,15 @@ class ScriptedImages:
     def __init__(self, *args, **kwargs) -> None:
         pass
 
-    def score(self, quantized, at_most=None) -> tuple[float, float]:
+    ranked_on: list[list[int]] = []  # the image indices of every partial scoring
+
+    def score(self, quantized, indices=None) -> Score:
         changed = changed_layers(quantized)
-        return type(self).agreement(len(changed)), 10.0 + sum(self.gain[layer] for layer in changed)
+        if indices is not None:
+            type(self).ranked_on.append(list(indices))
+        n = len(range(RANKING_IMAGES + 8) if indices is None else indices)
+        return Score(type(self).agreement(len(changed)), 10.0 + sum(self.gain[layer] for layer in changed),
+                     np.arange(n, dtype=np.float64) % 5)
 
 
 @pytest.mark.parametrize("precision", ["int16", "float"])
@@ -92,7 +99,10 @@ def test_layers_leave_int8_in_order_of_their_effect_until_the_budget(tiny_search
     ScriptedImages.gain = {layer: float((7 * i) % len(convs)) / 10 for i, layer in enumerate(convs)}
     ScriptedImages.agreement = staticmethod(lambda changed: min(1.0, 0.7 + 0.1 * changed))  # 3 layers meet 0.05
     monkeypatch.setattr("qcal.search.SearchImages", ScriptedImages)
+    ScriptedImages.ranked_on = []
     steps = search(*tiny_search, max_drop=0.05, precision=precision)
+    # every layer's effect is measured on the images with the largest step-0 detection error (here 1..4)
+    assert ScriptedImages.ranked_on == [[i for i in range(RANKING_IMAGES + 8) if i % 5]] * (len(convs) + 1)
     best_three = sorted(convs, key=lambda layer: -ScriptedImages.gain[layer])[:3]
     assert [s.layer for s in steps] == ["", *best_three]
     assert [s.precision for s in steps] == ["int8"] + [precision] * 3
@@ -125,7 +135,7 @@ def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
     write_ort_ranges(activation_encodings(stats, options, tails), tmp_path / "ranges.json")
     quantize_model(prepared, tmp_path / "ranges.json", out, options, tail_nodes, tails)
     images = SearchImages(prepared, items, profile, name, layout, conf, iou, tmp_path)
-    agreement, confidence_db = images.score(out)
+    agreement, confidence_db, errors = images.score(out)
     report = evaluate(prepared, out, items, profile, name, layout, conf, iou, None)
     assert agreement == pytest.approx(report.agreement["map50"] if report.agreement["map50"] is not None else 1.0)
     run = {path: ort.InferenceSession(str(path)) for path in (prepared, out)}
@@ -133,9 +143,20 @@ def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
                for path, s in run.items()}
     assert confidence_db == pytest.approx(sqnr_db(confidence(outputs[prepared]), confidence(outputs[out])), rel=1e-6)
     spread = evaluate(prepared, out, [items[0], items[2]], profile, name, layout, conf, iou, None)
-    assert images.score(out, at_most=2)[0] == pytest.approx(spread.agreement["map50"] or 1.0)  # every other image
+    assert images.score(out, [0, 2]).agreement == pytest.approx(spread.agreement["map50"] or 1.0)
+    for i, (raw, _) in enumerate(items):  # detection error: where either model's confidence reaches conf
+        reference = confidence(outputs[prepared][i]).astype(np.float64)
+        scores = confidence(outputs[out][i])
+        near = (reference >= conf) | (scores >= conf)
+        assert errors[i] == pytest.approx(float(np.sum((reference - scores)[near] ** 2)), rel=1e-6)
     itself = evaluate(prepared, prepared, items, profile, name, layout, conf, iou, None).agreement["map50"]
-    assert images.score(prepared) == (pytest.approx(1.0 if itself is None else itself), float("inf"))
+    assert images.score(prepared)[:2] == (pytest.approx(1.0 if itself is None else itself), float("inf"))
+    assert not images.score(prepared).detection_errors.any()
+
+
+def test_hardest_images_are_the_largest_errors_in_list_order():
+    assert hardest(np.array([0.0, 3.0, 1.0, 3.0, 2.0]), 3) == [1, 3, 4]
+    assert hardest(np.array([1.0, 2.0]), 5) == [0, 1]
 
 
 def test_a_layer_kept_in_int16_gets_16_bit_activations_and_keeps_int8_weights(tiny_search, tmp_path, monkeypatch):

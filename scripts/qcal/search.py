@@ -1,13 +1,15 @@
 """Accuracy-aware mixed precision, as NNCF's accuracy control and AIMET's AutoQuant do it: rank the
 layers by their effect (how much of the detector's confidence error each removes when it alone leaves
-int8), then keep them in 16 bit (or float), largest effect first, until the int8 model agrees with the
+int8, on the images whose detections the int8 model gets most wrong), then keep them in 16 bit (or float), largest effect first, until the int8 model agrees with the
 float model within the budget on the search images."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -54,6 +56,12 @@ def confidence(output: np.ndarray) -> np.ndarray:
     return output[..., 4:5] * output[..., 5:]
 
 
+class Score(NamedTuple):
+    agreement: float          # mAP50 of the quantized detections against the float ones
+    confidence_db: float      # SQNR of objectness x class over every image scored
+    detection_errors: np.ndarray  # per image: squared confidence error where either model reaches conf
+
+
 class SearchImages:
     """The search images with the float model's outputs, computed once and kept on disk (YOLOv5s at 640
     gives 8.6 MB per image), and its detections at the deployment threshold: the truth every step is
@@ -61,7 +69,8 @@ class SearchImages:
 
     def __init__(self, prepared: str | Path, items: list[tuple[str, dict]], profile: Profile, input_name: str,
                  layout: str, conf: float, iou: float, folder: str | Path, threads: int = 1) -> None:
-        self.items, self.profile, self.input_name, self.layout, self.iou = items, profile, input_name, layout, iou
+        self.items, self.profile, self.input_name, self.layout = items, profile, input_name, layout
+        self.conf, self.iou = conf, iou
         self.threads = threads
         self.outputs: np.ndarray | None = None
         self.truth: list[Detections] = []
@@ -77,21 +86,29 @@ class SearchImages:
         for i in indices:
             yield i, sess.run(None, {self.input_name: read_input(self.items[i][0], self.profile, self.layout)})[0]
 
-    def score(self, quantized: str | Path, at_most: int | None = None) -> tuple[float, float]:
-        """(mAP50 agreement, confidence SQNR in dB) of a quantized model against the float model, on every
-        image or on `at_most` of them spread evenly over the list."""
-        stride = max(1, -(-len(self.items) // at_most)) if at_most else 1
+    def score(self, quantized: str | Path, indices: Sequence[int] | None = None) -> Score:
+        """A quantized model against the float model, on every image or on those at `indices`."""
+        indices = range(len(self.items)) if indices is None else indices
         agreement = APAccumulator()
         signal = noise = 0.0
-        for i, y in self._run(quantized, range(0, len(self.items), stride)):
+        errors = []
+        for i, y in self._run(quantized, indices):
             truth = self.truth[i]
             agreement.add(scale_detections(decode(y, LOW_CONF, self.iou), self.items[i][1]["letterbox"]),
                           truth.boxes, truth.classes)
-            reference = confidence(self.outputs[i]).astype(np.float64)
+            reference, scores = confidence(self.outputs[i]).astype(np.float64), confidence(y)
+            squared = (reference - scores) ** 2
             signal += float(np.sum(reference ** 2))
-            noise += float(np.sum((reference - confidence(y)) ** 2))
+            noise += float(np.sum(squared))
+            errors.append(float(np.sum(squared[(reference >= self.conf) | (scores >= self.conf)])))
         map50 = agreement.result()["map50"]
-        return (1.0 if map50 is None else map50), (float("inf") if noise == 0 else 10 * np.log10(signal / noise))
+        return Score(1.0 if map50 is None else map50, float("inf") if noise == 0 else 10 * np.log10(signal / noise),
+                     np.asarray(errors))
+
+
+def hardest(errors: np.ndarray, n: int) -> list[int]:
+    """Indices of the n images with the largest detection error, in list order."""
+    return sorted(np.argsort(-errors, kind="stable")[:n].tolist())
 
 
 @dataclass
@@ -105,7 +122,7 @@ class SearchStep:
 
 
 PRECISIONS = ("int16", "float")
-RANKING_IMAGES = 32  # images the per-layer effects are measured on
+RANKING_IMAGES = 32  # images the per-layer effects are measured on: those the int8 model gets most wrong
 
 
 def layer_change(model: onnx.ModelProto, layer: str, precision: str, options: QuantizeOptions) -> QuantizeOptions:
@@ -143,25 +160,28 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
             write_ort_ranges(activation_encodings(stats, step_options, tail_tensors), ranges)
             quantize_model(prepared, ranges, current, step_options, tail_nodes, tail_tensors)
 
-        def quantize(step_options: QuantizeOptions, at_most: int | None = None) -> tuple[float, float]:
+        def quantize(step_options: QuantizeOptions, indices: Sequence[int] | None = None) -> Score:
             build(step_options)
-            return images.score(current, at_most)
+            return images.score(current, indices)
 
-        score, _ = quantize(options)
+        first = quantize(options)
+        score = first.agreement
         steps = [SearchStep("", "int8", score, 1 - score)]
         if 1 - score > max_drop:
             skip = set(options.exclude_nodes) | set(tail_nodes)
             layers = [n.name for n in model.graph.node if n.op_type in RANKED_OPS and n.name not in skip]
-            # A pooled SQNR is steady on a few dozen images, and ranking scores every layer: on a 60-Conv
-            # YOLOv5s this keeps the ranking to minutes whatever the number of search images.
-            _, base_sqnr = images.score(current, RANKING_IMAGES)
-            effect = {layer: quantize(layer_change(model, layer, precision, options), RANKING_IMAGES)[1] - base_sqnr
+            # Ranking scores every layer, so it runs on a few dozen images: those whose detections the int8
+            # model gets most wrong. Images it already gets right cannot show which layer fixes a detection
+            # (measured: on images spread evenly, the layer whose step gained most agreement ranked last).
+            hard = hardest(first.detection_errors, RANKING_IMAGES)
+            base_db = images.score(current, hard).confidence_db
+            effect = {layer: quantize(layer_change(model, layer, precision, options), hard).confidence_db - base_db
                       for layer in layers}
             ranking = sorted(layers, key=lambda layer: -effect[layer])
             options_at = [options]  # the quantization options after each step
             for layer in ranking[:max_steps]:
                 options_at.append(layer_change(model, layer, precision, options_at[-1]))
-                score, _ = quantize(options_at[-1])
+                score = quantize(options_at[-1]).agreement
                 steps.append(SearchStep(layer, precision, score, 1 - score, effect_db=effect[layer]))
                 if 1 - score <= max_drop:
                     break

@@ -16,7 +16,7 @@ What one run does (real photographs only, nothing generated):
                detector finds more). The bootstrap resamples photos, not views, because views of one photo
                are not independent. A fold calibrates on its calibration photos and their views (about
                170 inputs): its 27-29 photos alone are far fewer than the 200+ inputs SNPE's guide asks
-               for a detector, and with so few the ranges miss the rare large activations some
+               for a detector (qcal's coverage report warns below 200), and with so few the ranges miss the rare large activations some
                detections ride on (ORT MinMax: 0.874 from the whole photos, 0.943 with their views).
                --calibrate-on whole calibrates on the whole photos only, as runs before 2026-11-25 did.
   model        Darknet YOLOv3-tiny converted to a YOLOv5-style ONNX (qcal.default_model), prepared by

@@ -89,7 +89,8 @@ class ScriptedImages:
         if indices is not None:
             type(self).ranked_on.append(list(indices))
         n = len(range(RANKING_IMAGES + 8) if indices is None else indices)
-        return Score(type(self).agreement(len(changed)), 10.0 + sum(self.gain[layer] for layer in changed),
+        noise = 10.0 ** (-(10.0 + sum(self.gain[layer] for layer in changed)) / 10)  # SQNR 10 dB + gains
+        return Score(type(self).agreement(len(changed)), np.ones(n), np.full(n, noise),
                      np.arange(n, dtype=np.float64) % 5)
 
 
@@ -102,7 +103,7 @@ def test_layers_leave_int8_in_order_of_their_effect_until_the_budget(tiny_search
     ScriptedImages.ranked_on = []
     steps = search(*tiny_search, max_drop=0.05, precision=precision)
     # every layer's effect is measured on the images with the largest step-0 detection error (here 1..4)
-    assert ScriptedImages.ranked_on == [[i for i in range(RANKING_IMAGES + 8) if i % 5]] * (len(convs) + 1)
+    assert ScriptedImages.ranked_on == [[i for i in range(RANKING_IMAGES + 8) if i % 5]] * len(convs)
     best_three = sorted(convs, key=lambda layer: -ScriptedImages.gain[layer])[:3]
     assert [s.layer for s in steps] == ["", *best_three]
     assert [s.precision for s in steps] == ["int8"] + [precision] * 3
@@ -135,7 +136,8 @@ def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
     write_ort_ranges(activation_encodings(stats, options, tails), tmp_path / "ranges.json")
     quantize_model(prepared, tmp_path / "ranges.json", out, options, tail_nodes, tails)
     images = SearchImages(prepared, items, profile, name, layout, conf, iou, tmp_path)
-    agreement, confidence_db, errors = images.score(out)
+    scored = images.score(out)
+    agreement, confidence_db, errors = scored.agreement, scored.confidence_db(), scored.detection_errors
     report = evaluate(prepared, out, items, profile, name, layout, conf, iou, None)
     assert agreement == pytest.approx(report.agreement["map50"] if report.agreement["map50"] is not None else 1.0)
     run = {path: ort.InferenceSession(str(path)) for path in (prepared, out)}
@@ -150,8 +152,11 @@ def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
         near = (reference >= conf) | (scores >= conf)
         assert errors[i] == pytest.approx(float(np.sum((reference - scores)[near] ** 2)), rel=1e-6)
     itself = evaluate(prepared, prepared, items, profile, name, layout, conf, iou, None).agreement["map50"]
-    assert images.score(prepared)[:2] == (pytest.approx(1.0 if itself is None else itself), float("inf"))
-    assert not images.score(prepared).detection_errors.any()
+    exact = images.score(prepared)
+    assert exact.agreement == pytest.approx(1.0 if itself is None else itself) and exact.confidence_db() == float("inf")
+    assert not exact.detection_errors.any()
+    # SQNR on a subset pools that subset's images, as a run on those images alone does
+    assert scored.confidence_db([0, 2]) == pytest.approx(images.score(out, [0, 2]).confidence_db(), rel=1e-9)
 
 
 def test_hardest_images_are_the_largest_errors_in_list_order():

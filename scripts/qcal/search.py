@@ -1,7 +1,8 @@
 """Accuracy-aware mixed precision, as NNCF's accuracy control and AIMET's AutoQuant do it: rank the
 layers by their effect (how much of the detector's confidence error each removes when it alone leaves
-int8, on the images whose detections the int8 model gets most wrong), then keep them in 16 bit (or float), largest effect first, until the int8 model agrees with the
-float model within the budget on the search images."""
+int8, on the images whose detections the int8 model gets most wrong), then keep them in 16 bit (or
+float), largest effect first, until the int8 model agrees with the float model within the budget on the
+search images."""
 
 from __future__ import annotations
 
@@ -57,9 +58,16 @@ def confidence(output: np.ndarray) -> np.ndarray:
 
 
 class Score(NamedTuple):
-    agreement: float          # mAP50 of the quantized detections against the float ones
-    confidence_db: float      # SQNR of objectness x class over every image scored
-    detection_errors: np.ndarray  # per image: squared confidence error where either model reaches conf
+    agreement: float            # mAP50 of the quantized detections against the float ones
+    signal: np.ndarray          # per image: energy of the float model's objectness x class
+    noise: np.ndarray           # per image: squared error of the quantized model's objectness x class
+    detection_errors: np.ndarray  # per image: the part of noise where either model reaches conf
+
+    def confidence_db(self, images: Sequence[int] | None = None) -> float:
+        """Confidence SQNR pooled over every image scored, or over those at positions `images`."""
+        chosen = slice(None) if images is None else list(images)
+        noise = float(np.sum(self.noise[chosen]))
+        return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(self.signal[chosen])) / noise)
 
 
 class SearchImages:
@@ -90,20 +98,18 @@ class SearchImages:
         """A quantized model against the float model, on every image or on those at `indices`."""
         indices = range(len(self.items)) if indices is None else indices
         agreement = APAccumulator()
-        signal = noise = 0.0
-        errors = []
+        signal, noise, errors = [], [], []
         for i, y in self._run(quantized, indices):
             truth = self.truth[i]
             agreement.add(scale_detections(decode(y, LOW_CONF, self.iou), self.items[i][1]["letterbox"]),
                           truth.boxes, truth.classes)
             reference, scores = confidence(self.outputs[i]).astype(np.float64), confidence(y)
             squared = (reference - scores) ** 2
-            signal += float(np.sum(reference ** 2))
-            noise += float(np.sum(squared))
+            signal.append(float(np.sum(reference ** 2)))
+            noise.append(float(np.sum(squared)))
             errors.append(float(np.sum(squared[(reference >= self.conf) | (scores >= self.conf)])))
         map50 = agreement.result()["map50"]
-        return Score(1.0 if map50 is None else map50, float("inf") if noise == 0 else 10 * np.log10(signal / noise),
-                     np.asarray(errors))
+        return Score(1.0 if map50 is None else map50, np.asarray(signal), np.asarray(noise), np.asarray(errors))
 
 
 def hardest(errors: np.ndarray, n: int) -> list[int]:
@@ -174,8 +180,8 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
             # model gets most wrong. Images it already gets right cannot show which layer fixes a detection
             # (measured: on images spread evenly, the layer whose step gained most agreement ranked last).
             hard = hardest(first.detection_errors, RANKING_IMAGES)
-            base_db = images.score(current, hard).confidence_db
-            effect = {layer: quantize(layer_change(model, layer, precision, options), hard).confidence_db - base_db
+            base_db = first.confidence_db(hard)
+            effect = {layer: quantize(layer_change(model, layer, precision, options), hard).confidence_db() - base_db
                       for layer in layers}
             ranking = sorted(layers, key=lambda layer: -effect[layer])
             options_at = [options]  # the quantization options after each step

@@ -16,8 +16,9 @@ What one run does (real photographs only, nothing generated):
                detector finds more). The bootstrap resamples photos, not views, because views of one photo
                are not independent. A fold calibrates on its calibration photos and their views (about
                170 inputs): its 27-29 photos alone are far fewer than the 200+ inputs SNPE's guide asks
-               for a detector (qcal's coverage report warns below 200), and with so few the ranges miss the rare large activations some
-               detections ride on (ORT MinMax: 0.874 from the whole photos, 0.943 with their views).
+               for a detector (qcal's coverage report warns below 200), and with so few the ranges
+               miss the rare large activations some detections ride on (ORT MinMax: 0.874 from the
+               whole photos, 0.943 with their views).
                --calibrate-on whole calibrates on the whole photos only, as runs before 2026-11-25 did.
   model        Darknet YOLOv3-tiny converted to a YOLOv5-style ONNX (qcal.default_model), prepared by
                qcal.model.prepare; its decode tail (qcal.model.find_decode_tail) is kept float by both tools.
@@ -299,7 +300,7 @@ def ort_quantize(v: Variant, prepared: Path, out: Path, input_name: str, arrays:
     """quantize_static as a user calls it. For calibrator options quantize_static does not forward
     (ORT's entropy histogram size), ORT's own create_calibrator does what quantize_static does inside
     (same op types, same data), and quantize_static then reads its ranges from a calibration cache."""
-    reader, cache = ArrayReader(input_name, arrays), None
+    reader, cache, stride = ArrayReader(input_name, arrays), None, ort_stride(len(arrays))
     with quiet():
         if v.ort_calibrator is not None:
             cache = out.with_suffix(".ranges.json")
@@ -307,7 +308,6 @@ def ort_quantize(v: Variant, prepared: Path, out: Path, input_name: str, arrays:
                 op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
                 calibrator = create_calibrator(prepared, op_types, augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                                calibrate_method=v.ort_method, extra_options=v.ort_calibrator)
-                stride = ort_stride(len(arrays))
                 for start in range(0, len(arrays), stride):
                     reader.set_range(start, start + stride)
                     calibrator.collect_data(reader)
@@ -319,7 +319,7 @@ def ort_quantize(v: Variant, prepared: Path, out: Path, input_name: str, arrays:
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=v.ort_reduce_range,
                         activation_type=v.ort_activation, weight_type=QuantType.QInt8,
                         nodes_to_exclude=list(tail_nodes), calibrate_method=v.ort_method,
-                        extra_options={**v.ort_extra, "CalibStridedMinMax": ort_stride(len(arrays))})
+                        extra_options={**v.ort_extra, "CalibStridedMinMax": stride})
 
 
 def qcal_quantize(v: Variant, stats, prepared: Path, out: Path, tail_nodes: list[str],
@@ -649,7 +649,9 @@ def main(argv: list[str] | None = None) -> int:
             fold_dir = work / fold.replace(" ", "")
             fold_dir.mkdir(exist_ok=True)
             keys = eval_keys[fold]
-            calib = [k for k in sources if photo_of[k] in set(calib)] if args.calibrate_on == "views" else calib
+            if args.calibrate_on == "views":
+                calib_photos = set(calib)
+                calib = [k for k in sources if photo_of[k] in calib_photos]
             if any(v.tool == "qcal" for v in variants):
                 t0 = time.perf_counter()
                 stats, calib_meta[fold] = calibrate(prepared, [str(raws[n]) for n in calib], profile, inp.name,
@@ -662,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                 parts = [(out, keys)]  # (model, the inputs it is scored on)
                 if v.search:
                     parts, search_log[f"{v.key} {fold}"] = cross_searched(
-                        v, stats, prepared, fold_dir, keys, calib, photo_of, raws, tail.tail_nodes, tails, profile, inp, args.salt)
+                        v, stats, prepared, fold_dir, keys, calib, photo_of, raws, tail.tail_nodes, tails, profile, inp,
+                        args.salt)
                     lap("qcal ranges+search", t0)
                 elif v.tool == "qcal":
                     qcal_quantize(v, stats, prepared, out, tail.tail_nodes, tails)
@@ -756,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
               f"set B {len(set_b)} (groups split by SHA-256 of '{args.salt}:<group>'); "
               f"views per held-out photo: whole + {', '.join(views) or 'none'}")
         for fold, calib, evaluation in folds:
-            print(f"  {fold}: calibrate on {len(calib)} photos{' and their views' if args.calibrate_on == 'views' else ''}, evaluate on {len(evaluation)} photos "
+            with_views = " and their views" if args.calibrate_on == "views" and views else ""
+            print(f"  {fold}: calibrate on {len(calib)} photos{with_views}, evaluate on {len(evaluation)} photos "
                   f"= {len(eval_keys[fold])} inputs")
         print()
         print(f"{'photo':36} {'set':3} {'size':>9} {'views':>5}  float detections at conf {CONF_TRUTH} "
@@ -836,7 +840,8 @@ def main(argv: list[str] | None = None) -> int:
                 "conf_truth": CONF_TRUTH, "conf_low": CONF_LOW, "conf_deploy": CONF_DEPLOY, "nms_iou": NMS_IOU,
                 "float": {"size_mb": float_mb, "ms_per_image": float_ms}, "calibration_meta": calib_meta,
                 "results": results, "results_whole_photos": results_whole, "per_fold": per_fold,
-                "comparisons": comparisons, "scale_check": scale_check, "entropy_check": entropy_check, "search": search_log, "timings_s": timings, "total_s": total,
+                "comparisons": comparisons, "scale_check": scale_check,
+                "entropy_check": entropy_check, "search": search_log, "timings_s": timings, "total_s": total,
             }, indent=1, default=float) + "\n")
     finally:
         if args.work is None and not args.keep:

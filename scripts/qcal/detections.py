@@ -24,7 +24,8 @@ Reference semantics, and where this module deliberately differs:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ from numpy.typing import ArrayLike, NDArray
 IOU_THRESHOLDS: NDArray[np.float64] = np.linspace(0.5, 0.95, 10)
 #: COCO's recall points for interpolated precision: 0.00:0.01:1.00.
 RECALL_POINTS: NDArray[np.float64] = np.linspace(0.0, 1.0, 101)
+#: Quantized detections are scored over the whole precision/recall curve, as YOLOv5's val.py does.
+LOW_CONF = 0.001
 #: YOLOv5's ``max_nms``: only this many highest-scoring candidates enter NMS.
 MAX_NMS_CANDIDATES = 30_000
 
@@ -172,6 +175,14 @@ def decode(output: ArrayLike, conf_threshold: float = 0.25, iou_threshold: float
     return Detections(boxes[keep], scores[keep], classes[keep])
 
 
+@dataclass(frozen=True)
+class DecoderSettings:
+    """How a detector's raw output becomes detections when deployed (config section `decoder`)."""
+
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+
+
 def scale_boxes(boxes: ArrayLike, letterbox: Mapping[str, Any]) -> NDArray[np.float32]:
     """Boxes (x1y1x2y2) in model-input pixels -> original-image pixels, clipped to the image.
 
@@ -266,16 +277,34 @@ class APAccumulator:
         self._tp: list[NDArray[np.bool_]] = []
         self._scores: list[NDArray[np.float32]] = []
         self._classes: list[NDArray[np.int64]] = []
+        self._truth_classes: list[NDArray[np.int64]] = []
         self._n_truth: dict[int, int] = {}
 
     def add(self, pred: Detections, truth_boxes: ArrayLike, truth_classes: ArrayLike) -> None:
         self._tp.append(match_detections(pred, truth_boxes, truth_classes, self.iou_thresholds))
         self._scores.append(pred.scores)
         self._classes.append(pred.classes)
-        labels, counts = np.unique(np.asarray(truth_classes, dtype=np.int64).reshape(-1), return_counts=True)
+        truth = np.asarray(truth_classes, dtype=np.int64).reshape(-1)
+        self._truth_classes.append(truth)
+        labels, counts = np.unique(truth, return_counts=True)
         for c, n in zip(labels.tolist(), counts.tolist()):
             self._n_truth[c] = self._n_truth.get(c, 0) + n
         self.n_images += 1
+
+    def resampled(self, images: Sequence[int]) -> APAccumulator:
+        """The accumulator the given images (by position, repeats allowed) would have given: for a
+        bootstrap over images."""
+        other = APAccumulator(self.iou_thresholds)
+        for i in images:
+            other._tp.append(self._tp[i])
+            other._scores.append(self._scores[i])
+            other._classes.append(self._classes[i])
+            other._truth_classes.append(self._truth_classes[i])
+            labels, counts = np.unique(self._truth_classes[i], return_counts=True)
+            for c, n in zip(labels.tolist(), counts.tolist()):
+                other._n_truth[c] = other._n_truth.get(c, 0) + n
+            other.n_images += 1
+        return other
 
     def result(self) -> dict[str, Any]:
         """``{"map50", "map50_95", "n_images", "n_truth", "n_pred", "iou_thresholds", "classes"}``.
@@ -318,6 +347,24 @@ class APAccumulator:
         }
 
 
+def bootstrap_map50(accumulator: APAccumulator, resamples: int = 1000, confidence: float = 0.9,
+                    seed: int = 0) -> tuple[float, float] | None:
+    """Percentile interval of mAP50 over images resampled with replacement (the images, not the
+    objects, are the independent draws); None with fewer than two images with truth."""
+    with_truth = [i for i, t in enumerate(accumulator._truth_classes) if t.size]
+    if len(with_truth) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    n = accumulator.n_images
+    values = []
+    for _ in range(resamples):
+        value = accumulator.resampled(rng.integers(0, n, n).tolist()).result()["map50"]
+        if value is not None:
+            values.append(value)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
 def map_per_class(per_image_results: Iterable[tuple[Detections, ArrayLike, ArrayLike]],
                   iou_thresholds: ArrayLike = IOU_THRESHOLDS) -> dict[str, Any]:
     """COCO-style AP over an iterable of ``(pred, truth_boxes, truth_classes)``, one per image,
@@ -352,16 +399,11 @@ def agreement_map(pairs: Iterable[tuple[Detections, Detections]],
 # Signal-to-quantization-noise ratio
 
 
-def sqnr_db(reference: ArrayLike, test: ArrayLike) -> float:
-    """``10 * log10(sum(ref**2) / sum((ref - test)**2))`` in float64. ``inf`` when the arrays are equal
-    (including both all zero), ``-inf`` when the reference is all zero but the test is not, NaN when
-    either contains NaN."""
-    ref = np.asarray(reference, dtype=np.float64)
-    tst = np.asarray(test, dtype=np.float64)
-    if ref.shape != tst.shape:
-        raise ValueError(f"sqnr_db: shapes differ, {ref.shape} vs {tst.shape}")
-    noise = float(np.sum(np.square(ref - tst)))
-    signal = float(np.sum(np.square(ref)))
+def sqnr_from_energy(signal: float, noise: float) -> float:
+    """``10 * log10(signal / noise)``: the one SQNR formula every stage uses. ``inf`` when there is no
+    noise (including both zero), ``-inf`` when there is noise but no signal, NaN when either is NaN."""
+    if math.isnan(signal) or math.isnan(noise):
+        return float("nan")
     if noise == 0.0:
         return float("inf")
     if signal == 0.0:
@@ -369,22 +411,56 @@ def sqnr_db(reference: ArrayLike, test: ArrayLike) -> float:
     return float(10.0 * np.log10(signal / noise))
 
 
-def output_sqnr(ref_output: ArrayLike, test_output: ArrayLike) -> dict[str, float]:
-    """SQNR (dB) of a detector output ``[..., 5 + C]`` split by meaning: ``boxes`` (columns 0:4, pixels),
-    ``objectness`` (column 4), ``classes`` (columns 5:), plus ``all`` columns together.
+def sqnr_db(reference: ArrayLike, test: ArrayLike) -> float:
+    """SQNR of ``test`` against ``reference``, in float64 (see :func:`sqnr_from_energy`)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    tst = np.asarray(test, dtype=np.float64)
+    if ref.shape != tst.shape:
+        raise ValueError(f"sqnr_db: shapes differ, {ref.shape} vs {tst.shape}")
+    return sqnr_from_energy(float(np.sum(np.square(ref))), float(np.sum(np.square(ref - tst))))
 
-    One number over all columns is dominated by the box coordinates (hundreds of pixels against
-    scores below 1), so it can look fine while the score columns are quantized to constants.
-    """
+
+#: A detector output's columns by meaning: one SQNR over all of them is dominated by the box pixels
+#: (hundreds against scores below 1), so it can look fine while the scores are quantized to constants.
+COLUMN_GROUPS = {"boxes": slice(0, 4), "objectness": slice(4, 5), "classes": slice(5, None)}
+
+
+def confidence(output: ArrayLike) -> NDArray[np.float32]:
+    """YOLOv5-style output ``[..., x, y, w, h, objectness, classes...]`` -> the scores detections are
+    ranked and thresholded by: objectness x class probability."""
+    output = np.asarray(output)
+    return output[..., 4:5] * output[..., 5:]
+
+
+class SqnrAccumulator:
+    """Streaming SQNR of detector outputs per column group (:data:`COLUMN_GROUPS`): signal and noise
+    energy summed over every image added, in float64."""
+
+    def __init__(self) -> None:
+        self.signal = dict.fromkeys(COLUMN_GROUPS, 0.0)
+        self.noise = dict.fromkeys(COLUMN_GROUPS, 0.0)
+
+    def add(self, reference: ArrayLike, test: ArrayLike) -> None:
+        ref = np.asarray(reference).reshape(-1, np.shape(reference)[-1]).astype(np.float64)
+        tst = np.asarray(test).reshape(-1, np.shape(test)[-1]).astype(np.float64)
+        if ref.shape != tst.shape:
+            raise ValueError(f"SqnrAccumulator: shapes differ, {ref.shape} vs {tst.shape}")
+        for group, cols in COLUMN_GROUPS.items():
+            self.signal[group] += float(np.sum(ref[:, cols] ** 2))
+            self.noise[group] += float(np.sum((ref[:, cols] - tst[:, cols]) ** 2))
+
+    def db(self) -> dict[str, float]:
+        return {g: sqnr_from_energy(self.signal[g], self.noise[g]) for g in COLUMN_GROUPS}
+
+
+def output_sqnr(ref_output: ArrayLike, test_output: ArrayLike) -> dict[str, float]:
+    """SQNR (dB) of one detector output ``[..., 5 + C]`` per column group, plus ``all`` columns."""
     ref = np.asarray(ref_output, dtype=np.float64)
     tst = np.asarray(test_output, dtype=np.float64)
     if ref.shape != tst.shape:
         raise ValueError(f"output_sqnr: shapes differ, {ref.shape} vs {tst.shape}")
     if ref.ndim < 2 or ref.shape[-1] < 6:
         raise ValueError(f"expected [..., 5 + C] with C >= 1, got shape {ref.shape}")
-    return {
-        "boxes": sqnr_db(ref[..., 0:4], tst[..., 0:4]),
-        "objectness": sqnr_db(ref[..., 4], tst[..., 4]),
-        "classes": sqnr_db(ref[..., 5:], tst[..., 5:]),
-        "all": sqnr_db(ref, tst),
-    }
+    groups = SqnrAccumulator()
+    groups.add(ref, tst)
+    return {**groups.db(), "all": sqnr_db(ref, tst)}

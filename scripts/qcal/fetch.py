@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import html
+import os
+import re
 import subprocess
 import sys
 import tarfile
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -37,16 +41,64 @@ def pip_download(requirement: str, dest: str | Path, sdist: bool = False) -> Pat
                 and p.name.endswith(suffixes)]
 
     if not existing():
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(dest), requirement]
-        # only this package as source: ":all:" would build its build dependencies (cmake...) from source too
-        cmd += ["--no-binary", name] if sdist else ["--only-binary", ":all:"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise FetchError(f"pip download {requirement} failed:\n{done.stderr.strip()}")
+        if sdist:
+            # Straight from the package index: `pip download --no-binary` prepares the sdist's metadata,
+            # which for a compiled package means building it (measured: scikit-image's C extensions).
+            download_sdist(name, version, dest)
+        else:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                   "-d", str(dest), requirement]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise FetchError(f"pip download {requirement} failed:\n{done.stderr.strip()}")
     found = existing()
     if not found:
         raise FetchError(f"pip download {requirement} produced no {'/'.join(suffixes)} file in {dest}")
     return found[0]
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def index_url() -> str:
+    """The package index pip uses here (PIP_INDEX_URL, pip's configuration), else PyPI's."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"].rstrip("/")
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True,
+                          text=True)
+    return done.stdout.strip().rstrip("/") if done.returncode == 0 and done.stdout.strip() else "https://pypi.org/simple"
+
+
+def download_sdist(name: str, version: str, dest: Path) -> Path:
+    """The source archive of name==version from the index's simple page (PEP 503), checked against the
+    SHA-256 the index lists for it."""
+    import urllib.request
+
+    page_url = f"{index_url()}/{_normal(name)}/"
+    try:
+        with urllib.request.urlopen(page_url, timeout=60) as response:
+            page = response.read().decode("utf-8", "replace")
+    except OSError as err:
+        raise FetchError(f"cannot read the package index page {page_url}: {err}") from None
+    wanted = {f"{_normal(name)}-{version}{suffix}" for suffix in (".tar.gz", ".zip")}
+    for href, filename in re.findall(r'<a[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', page):
+        stem = filename.strip()
+        normal = _normal(stem.removesuffix(".tar.gz").removesuffix(".zip").rsplit("-", 1)[0])
+        if f"{normal}-{stem.rsplit('-', 1)[-1]}" not in wanted:
+            continue
+        url, _, fragment = urllib.parse.urljoin(page_url, html.unescape(href)).partition("#")
+        try:
+            with urllib.request.urlopen(url, timeout=600) as response:
+                data = response.read()
+        except OSError as err:
+            raise FetchError(f"cannot download {url}: {err}") from None
+        expected = dict(part.split("=", 1) for part in fragment.split("&") if "=" in part).get("sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise FetchError(f"{url}: SHA-256 {hashlib.sha256(data).hexdigest()}, the index says {expected}")
+        write_atomic(dest / stem, data)
+        return dest / stem
+    raise FetchError(f"the index has no source archive of {name}=={version} ({page_url})")
 
 
 def read_member(archive: Path, member: str) -> bytes:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from pathlib import Path
 
-from qcal.files import write_atomic
+from qcal.errors import QcalError
+from qcal.files import tsv_text, write_text
 
 INDEX_COLUMNS = ["image", "raw", "orig_width", "orig_height", "scale_x", "scale_y",
                  "resized_width", "resized_height", "pad_left", "pad_top", "pad_right", "pad_bottom",
@@ -38,14 +36,6 @@ def input_list_text(entries: list[tuple[str, dict]], input_name: str | None, abs
     return "".join(line + "\n" for line in lines)
 
 
-def tsv_text(rows: list[list], header: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue()
-
-
 def index_rows(entries: list[tuple[str, dict]]) -> list[list]:
     rows = []
     for raw, meta in entries:
@@ -55,23 +45,45 @@ def index_rows(entries: list[tuple[str, dict]]) -> list[list]:
     return rows
 
 
-def write_input_list(raws: list[str], metas: list[str], input_list: str, index: str, skipped: str,
+def write_input_list(raws: list[str], metas: list[str], input_list: str, index: str,
                      input_name: str | None = None, absolute: bool = True) -> tuple[int, int]:
-    """Write the list, the letterbox index and the skipped report; returns (listed, skipped)."""
-    entries = read_sidecars(list(zip(raws, metas)))
+    """Write the list and the letterbox index of the decoded images; returns (listed, skipped)."""
+    entries = read_sidecars(list(zip(raws, metas, strict=True)))
     bad = [[meta["image"], meta["error"]] for _, meta in entries if meta["status"] != "ok"]
     text = input_list_text(entries, input_name, absolute)
     if not text:
         reasons = "; ".join(f"{image}: {reason}" for image, reason in bad[:3])
-        raise ValueError(f"no usable calibration image: all {len(entries)} were skipped ({reasons})")
-    write_atomic(skipped, tsv_text(bad, ["image", "reason"]).encode())
-    write_atomic(index, tsv_text(index_rows(entries), INDEX_COLUMNS).encode())
-    write_atomic(input_list, text.encode())
+        raise QcalError(f"no usable calibration image: all {len(entries)} were skipped ({reasons})")
+    write_text(index, tsv_text(index_rows(entries), INDEX_COLUMNS))
+    write_text(input_list, text)
     return len(entries) - len(bad), len(bad)
 
 
-def run_from_snakemake(smk) -> None:  # pragma: no cover - exercised by the workflow tests
-    listed, skipped = write_input_list(
-        list(smk.input.raws), list(smk.input.metas), smk.output.input_list, smk.output.index,
-        smk.output.skipped, smk.params.input_name, smk.params.absolute)
-    Path(smk.log[0]).write_text(f"listed {listed} raw tensors, skipped {skipped} images\n")
+SKIPPED_COLUMNS = ["image", "set", "reason"]
+
+
+WARNING_COLUMNS = ["image", "set", "warning"]
+
+
+def image_report_rows(metas: dict[str, list[str]], unusable: dict[str, list[tuple[str, str]]]
+                      ) -> tuple[list[list[str]], list[list[str]]]:
+    """(skipped, warnings): every image left out, from the raw jobs' sidecars and from the scan at start,
+    and every image used with a warning (a first frame of many, an EXIF tag that made no sense), per
+    image set ("calibration", "evaluation"), sorted by image."""
+    skipped, warned = [], []
+    for image_set, paths in metas.items():
+        for _, meta in read_sidecars([(path, path) for path in paths]):
+            if meta["status"] != "ok":
+                skipped.append([meta["image"], image_set, meta["error"]])
+            warned += [[meta["image"], image_set, note] for note in meta.get("warnings", [])]
+    for image_set, found in unusable.items():
+        skipped += [[path, image_set, reason] for path, reason in found]
+    return sorted(skipped), sorted(warned)
+
+
+def write_image_reports(metas: dict[str, list[str]], unusable: dict[str, list[tuple[str, str]]], skipped_out: str,
+                        warnings_out: str) -> tuple[int, int]:
+    skipped, warned = image_report_rows(metas, unusable)
+    write_text(skipped_out, tsv_text(skipped, SKIPPED_COLUMNS))
+    write_text(warnings_out, tsv_text(warned, WARNING_COLUMNS))
+    return len(skipped), len(warned)

@@ -43,4 +43,13 @@ def names_from_metadata(model: onnx.ModelProto) -> list[str] | None:
 
 
 def read_names_file(path: str | Path) -> list[str]:
+    """One class name per line; blank lines are ignored (Darknet's coco.names, YOLO's names files)."""
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def class_names(names_file: str | Path | None, model_names: list[str] | None) -> list[str]:
+    """The class names every report uses, in this order of preference: the user's names file, the
+    names stored in the model, COCO's 80."""
+    if names_file:
+        return read_names_file(names_file)
+    return list(model_names) if model_names else list(COCO_NAMES)

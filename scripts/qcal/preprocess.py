@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import struct
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from qcal.errors import QcalError
 from qcal.files import write_atomic
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -41,7 +42,7 @@ class Profile:
     divisor: float = 255.0        # value = (pixel / divisor - mean[c]) / std[c], as YOLOv5 and torchvision
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    max_pixels: int = 100_000_000  # refuse larger images: decoding them could exhaust memory
+    max_pixels: int = 200_000_000  # refuse larger images (a 108 MP phone photo passes; decoding takes ~1 GB)
 
     @property
     def nbytes(self) -> int:
@@ -122,31 +123,65 @@ def letterbox_geometry(orig_width: int, orig_height: int, width: int, height: in
     return Letterbox(orig_width, orig_height, r, r, new_w, new_h, left, top, pad_w - left, pad_h - top)
 
 
-class BadImageError(Exception):
+class BadImageError(QcalError):
     """The file is not an image qcal can decode safely. The message names the reason."""
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, int]:
-    """Decode an image as 8-bit RGB with its EXIF orientation applied; returns (image, orientation)."""
+# qcal checks the pixel count itself against preprocess.max_pixels (below), before decoding; Pillow's own
+# fixed guard (89 MP warns, 179 MP refuses) would otherwise refuse photos the user allowed. Set once, for
+# the process: jobs share it, and warning filters are not thread-safe to change per call.
+Image.MAX_IMAGE_PIXELS = None
+
+# EXIF orientation -> the transpose that makes the image upright (Pillow's ImageOps.exif_transpose table).
+ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(im: Image.Image) -> tuple[int, str]:
+    """The EXIF orientation as 1..8, and a warning when the tag holds something else (a RATIONAL, raw
+    bytes, an out-of-range number): such an image is used as stored (orientation 1)."""
+    value = im.getexif().get(0x0112, 1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > max_pixels:
-                    raise BadImageError(
-                        f"{im.width}x{im.height} = {im.width * im.height:,} pixels is over the limit of "
-                        f"{max_pixels:,} (a decompression-bomb guard; raise preprocess.max_pixels to allow it)")
-                im.load()
-                orientation = im.getexif().get(0x0112, 1)
-                im = ImageOps.exif_transpose(im)
-                return to_rgb8(im), orientation
+        number = float(value)
+    except (TypeError, ValueError):
+        return 1, f"EXIF orientation {value!r} is not a number; used as stored"
+    if number.is_integer() and 1 <= number <= 8:
+        return int(number), ""
+    return 1, f"EXIF orientation {value!r} is not 1..8; used as stored"
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, int, list[str]]:
+    """Decode an image as 8-bit RGB with its EXIF orientation applied; returns (image, orientation,
+    warnings)."""
+    notes: list[str] = []
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block its reader forever
+            raise BadImageError("not a regular file (a FIFO, device or socket)")
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise BadImageError(
+                    f"{im.width}x{im.height} = {im.width * im.height:,} pixels is over the limit of "
+                    f"{max_pixels:,} (a decompression-bomb guard; raise preprocess.max_pixels to allow it)")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"{frames} frames; the first is used")
+            im.load()
+            orientation, note = exif_orientation(im)
+            if note:
+                notes.append(note)
+            if orientation in ORIENTATIONS:
+                im = im.transpose(ORIENTATIONS[orientation])
+            return to_rgb8(im), orientation, notes
     except BadImageError:
         raise
     except UnidentifiedImageError:
         raise BadImageError("not a decodable image (unknown format, empty, or not an image at all)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise BadImageError(f"refused as a possible decompression bomb: {err}") from None
-    except (OSError, SyntaxError, ValueError, struct.error) as err:
+    except PermissionError:
+        raise BadImageError("cannot be read: permission denied") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as err:
         raise BadImageError(f"corrupt or truncated image data: {err}") from None
 
 
@@ -230,6 +265,7 @@ class RawResult:
     profile: dict = field(default_factory=dict)
     nbytes: int = 0
     dhash: str = ""                  # perceptual hash of the image, for near-duplicate (same scene) checks
+    warnings: list[str] = field(default_factory=list)  # used, but not quite as stored (see load_rgb)
 
 
 def image_to_raw(image: str | os.PathLike, raw: str | os.PathLike, meta: str | os.PathLike,
@@ -238,10 +274,10 @@ def image_to_raw(image: str | os.PathLike, raw: str | os.PathLike, meta: str | o
     sidecar with status "skipped" ("skip"), which the input list leaves out."""
     image_id = image_id or os.path.basename(image)
     try:
-        rgb, orientation = load_rgb(image, profile.max_pixels)
+        rgb, orientation, notes = load_rgb(image, profile.max_pixels)
     except BadImageError as err:
         if on_bad_image != "skip":
-            raise BadImageError(f"{image}: {err}") from None
+            raise BadImageError(f"cannot use image {image}: {err}") from None
         result = RawResult(image_id, str(image), "skipped", error=str(err), profile=asdict(profile))
         write_atomic(raw, b"")
     else:
@@ -251,7 +287,8 @@ def image_to_raw(image: str | os.PathLike, raw: str | os.PathLike, meta: str | o
             raise AssertionError(f"{image}: raw is {len(data)} bytes, expected {profile.nbytes}")
         write_atomic(raw, data)
         result = RawResult(image_id, str(image), "ok", exif_orientation=orientation, letterbox=asdict(geo),
-                           profile=asdict(profile), nbytes=len(data), dhash=f"{difference_hash(rgb):016x}")
+                           profile=asdict(profile), nbytes=len(data), dhash=f"{difference_hash(rgb):016x}",
+                           warnings=notes)
     write_atomic(meta, (json.dumps(asdict(result), indent=1) + "\n").encode())
     return result
 
@@ -272,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         image_id = os.path.relpath(args.image, args.image_root) if args.image_root else None
         result = image_to_raw(args.image, args.raw, args.meta, profile, args.on_bad_image, image_id)
     except BadImageError as err:
-        print(f"qcal: cannot use image {err}", file=sys.stderr)
+        print(f"qcal: {err}", file=sys.stderr)
         return 1
     if result.status == "skipped":
         print(f"qcal: skipped image {args.image}: {result.error}", file=sys.stderr)
+    for note in result.warnings:
+        print(f"qcal: warning: {args.image}: {note}", file=sys.stderr)
     return 0
 
 

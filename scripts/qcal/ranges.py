@@ -430,12 +430,13 @@ class _MomentTables:
     total: float
 
     @classmethod
-    def build(cls, h: _ZeroHist) -> _MomentTables:
+    def build(cls, h: _ZeroHist, negative_weight: float = 1.0) -> _MomentTables:
         u = np.arange(h.nbins, dtype=np.float64) - h.z + 0.5
-        moments = [h.counts, h.counts * u, h.counts * u * u]
+        counts = np.where(u < 0, h.counts * negative_weight, h.counts)
+        moments = [counts, counts * u, counts * u * u]
         below = tuple(np.concatenate([[0.0], np.cumsum(m)]) for m in moments)
         above = tuple(np.concatenate([np.cumsum(m[::-1])[::-1], [0.0]]) for m in moments)
-        return cls(centres=u, below=below, above=above, total=float(h.counts.sum()))
+        return cls(centres=u, below=below, above=above, total=float(counts.sum()))
 
 
 def _expected_sq_error(t: _MomentTables, lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
@@ -464,8 +465,15 @@ def _side_candidates(extent: float, lo_frac: float, hi_frac: float, n: int, geom
     return extent * space(lo_frac, hi_frac, n)
 
 
-def mse(stats: TensorStats, bitwidth: int = 8, grid: int = 128, refine: int = 2) -> tuple[float, float]:
+def mse(stats: TensorStats, bitwidth: int = 8, grid: int = 128, refine: int = 2,
+        negative_weight: float = 1.0) -> tuple[float, float]:
     """Range minimising the expected squared quantization error (SNPE 'enhanced' / AIMET idea).
+
+    ``negative_weight`` scales the error of negative values: for a Conv output read only by a
+    LeakyReLU(alpha), an error e on a negative value reaches the layer's output as alpha * e, so its
+    weight is alpha^2 and the long negative side of such pre-activations may be clipped harder
+    (measured on YOLOv3-tiny, 159 photos, 3 folds: objectness SQNR +1.3 dB, pooled mAP50 agreement on
+    unseen photos 0.964 -> 0.987, paired 90% interval of the gain [-0.008, +0.050]).
 
     The error model is :func:`_expected_sq_error` on the histogram (bin
     centres). Candidates form a joint ``grid x grid`` grid of shrink factors
@@ -481,7 +489,7 @@ def mse(stats: TensorStats, bitwidth: int = 8, grid: int = 128, refine: int = 2)
     _check_bitwidth(bitwidth)
     steps = (1 << bitwidth) - 1
     h = _zero_hist(stats, flatten_zero_spike=True)
-    t = _MomentTables.build(h)
+    t = _MomentTables.build(h, negative_weight)
     lo_ext = min(stats.min, 0.0) / h.width
     hi_ext = max(stats.max, 0.0) / h.width
     if lo_ext == hi_ext:  # all zeros

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numba
 import numpy as np
 
 from qcal.files import write_atomic
@@ -116,12 +117,6 @@ def required_k(lo: float, hi: float, max_bins: int = DEFAULT_MAX_BINS) -> int:
 # Exact vectorised bin indices
 # --------------------------------------------------------------------------
 
-# Values are processed in chunks so that the temporaries stay in cache (about
-# 1.6x faster than whole-array temporaries on 10M values) and memory stays
-# constant whatever the tensor size.
-_CHUNK = 1 << 18
-
-
 def _batch_histogram(x: np.ndarray, k: int, lo: float, hi: float) -> tuple[int, np.ndarray]:
     """Histogram of the finite values ``x`` (min ``lo``, max ``hi``) at width 2**k.
 
@@ -138,22 +133,49 @@ def _batch_histogram(x: np.ndarray, k: int, lo: float, hi: float) -> tuple[int, 
         # Only reachable with float64 input beyond ~1e290: exact but slow.
         rel = np.fromiter((floor_index(v, k) - first for v in x.tolist()), dtype=np.intp, count=x.size)
         return first, np.bincount(rel, minlength=nbins).astype(np.int64)
-
+    x = np.ascontiguousarray(x, dtype=dt)  # float32 input needs float64 only for extreme values
     scale = dt.type(2.0 ** (-k))
     # lo is an element of x, hence exact in dt; same computation as the data.
     first_f = _scaled_floor(np.array([lo], dtype=dt), k, scale)[0]
     counts = np.zeros(nbins, dtype=np.int64)
-    buf = np.empty(min(_CHUNK, x.size), dtype=dt)
-    for start in range(0, x.size, _CHUNK):
-        chunk = x[start:start + _CHUNK]
-        t = buf[:chunk.size]
-        t[...] = chunk  # also converts float32 -> float64 when dt requires it
-        _scaled_floor(t, k, scale, out=t)
-        t -= first_f
-        counts += np.bincount(t.astype(np.intp), minlength=nbins)
-    if counts.size != nbins:  # would mean a broken exactness argument
-        raise AssertionError("bin index out of range; please report this bug")
+    (_count_scaled if k <= 0 else _count_floored)(x, scale, first_f, counts)
     return first, counts
+
+
+# One pass per value (numpy needed six: copy, scale, floor, subtract, cast, bincount; histogram
+# updates were half of calibration's time), four interleaved sub-histograms so consecutive equal bins
+# do not stall on one counter. The arithmetic is _scaled_floor's, so the bins are the same. nogil:
+# calibration shards run as threads of one process.
+@numba.njit(nogil=True, cache=True)
+def _count_scaled(x, scale, first, counts):  # k <= 0: floor(x * 2**-k), exact (no overflow, see _work_dtype)
+    n = x.size
+    parts = np.zeros((4, counts.size), np.int64)
+    m = n - n % 4
+    for i in range(0, m, 4):
+        parts[0, np.int64(np.floor(x[i] * scale) - first)] += 1
+        parts[1, np.int64(np.floor(x[i + 1] * scale) - first)] += 1
+        parts[2, np.int64(np.floor(x[i + 2] * scale) - first)] += 1
+        parts[3, np.int64(np.floor(x[i + 3] * scale) - first)] += 1
+    for i in range(m, n):
+        parts[0, np.int64(np.floor(x[i] * scale) - first)] += 1
+    for j in range(counts.size):
+        counts[j] += parts[0, j] + parts[1, j] + parts[2, j] + parts[3, j]
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_floored(x, scale, first, counts):  # k > 0: floor(floor(x) * 2**-k), see _work_dtype
+    n = x.size
+    parts = np.zeros((4, counts.size), np.int64)
+    m = n - n % 4
+    for i in range(0, m, 4):
+        parts[0, np.int64(np.floor(np.floor(x[i]) * scale) - first)] += 1
+        parts[1, np.int64(np.floor(np.floor(x[i + 1]) * scale) - first)] += 1
+        parts[2, np.int64(np.floor(np.floor(x[i + 2]) * scale) - first)] += 1
+        parts[3, np.int64(np.floor(np.floor(x[i + 3]) * scale) - first)] += 1
+    for i in range(m, n):
+        parts[0, np.int64(np.floor(np.floor(x[i]) * scale) - first)] += 1
+    for j in range(counts.size):
+        counts[j] += parts[0, j] + parts[1, j] + parts[2, j] + parts[3, j]
 
 
 def _scaled_floor(x: np.ndarray, k: int, scale: np.floating, out: np.ndarray | None = None) -> np.ndarray:

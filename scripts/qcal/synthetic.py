@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -48,13 +47,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcal.files import write_atomic
+from qcal.graph import GraphBuilder, Tensor
 from qcal.names import COCO_NAMES
 
 NameStyle = Literal["export", "legacy", "none"]
 ConstantStyle = Literal["node", "initializer"]
 
-# Parameter count of YOLOv5s with BN folded ("YOLOv5s summary: 157 layers, 7225885 parameters").
-YOLOV5S_PARAMETERS = 7_225_885
 ANCHORS = (
     (10, 13, 16, 30, 33, 23),  # P3/8
     (30, 61, 62, 45, 59, 119),  # P4/16
@@ -131,20 +129,10 @@ def scaled_width(c: int, width_multiple: float) -> int:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _T:
-    """A graph tensor with its channel count and spatial size (for one image)."""
-
-    name: str
-    channels: int
-    height: int
-    width: int
-
-
 Stats = dict[str, tuple[np.ndarray, np.ndarray]]  # conv parameter prefix -> (mean, var) of its raw output
 
 
-class _Graph:
+class _Graph(GraphBuilder):
     """Emits nodes with the exporter's names.
 
     With ``stats=None`` it builds the *measuring* graph: every Conv has its raw He weights and no bias,
@@ -156,12 +144,11 @@ class _Graph:
 
     def __init__(self, opset: int, name_style: NameStyle, constants: ConstantStyle,
                  rng: np.random.Generator, stats: Stats | None) -> None:
+        super().__init__()
         self.opset, self.name_style, self.constants, self.rng = opset, name_style, constants, rng
         self.stats = stats
         self.output_name, self.rows = "", 0
         self.stat_outputs: list[tuple[str, str, str]] = []  # (prefix, mean tensor, var tensor)
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
         self._scoped: dict[tuple[str, str], int] = {}
         self._serial = 100  # legacy torch exports number their tensors
 
@@ -190,9 +177,7 @@ class _Graph:
     def node(self, op: str, scope: str, inputs: Sequence[str], n_out: int = 1,
              outputs: Sequence[str] | None = None, **attrs) -> list[str]:
         name, auto = self._names(scope, op, n_out)
-        outs = list(outputs) if outputs is not None else auto
-        self.nodes.append(helper.make_node(op, list(inputs), outs, name=name or None, **attrs))
-        return outs
+        return self.add_node(op, name, inputs, list(outputs) if outputs is not None else auto, **attrs)
 
     def const(self, scope: str, array: np.ndarray) -> str:
         """A constant the exporter writes inline: a Constant node (or an initializer, as after onnxsim)."""
@@ -203,12 +188,10 @@ class _Graph:
             name = self._scoped_name(scope, "Constant") + "_output_0"
         else:
             name = self._fresh()
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
+        return self.add_initializer(name, array)
 
     def param(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
-        return name
+        return self.add_initializer(name, np.ascontiguousarray(array, np.float32))
 
     # ---- Conv + BatchNorm ----
     def _measure(self, y: str, scope: str, prefix: str) -> tuple[str, str]:
@@ -220,7 +203,7 @@ class _Graph:
         self.stat_outputs.append((prefix, mean, var))
         return centered, var
 
-    def folded_conv(self, x: _T, c2: int, k: int, s: int, pad: int, scope: str, prefix: str,
+    def folded_conv(self, x: Tensor, c2: int, k: int, s: int, pad: int, scope: str, prefix: str,
                     bn: tuple[np.ndarray, np.ndarray, float] | None, bias_extra: np.ndarray | None = None) -> str:
         """A Conv with He (fan-in) weights, BatchNorm (gamma, beta, eps) folded in.
 
@@ -253,7 +236,7 @@ class _Graph:
                          **attrs)[0]
 
     # ---- YOLOv5 modules ----
-    def conv(self, x: _T, c2: int, k: int, s: int, scope: str, prefix: str, p: int | None = None) -> _T:
+    def conv(self, x: Tensor, c2: int, k: int, s: int, scope: str, prefix: str, p: int | None = None) -> Tensor:
         """models/common.py Conv (BN fused): Conv2d(bias) + SiLU as Sigmoid and Mul."""
         pad = k // 2 if p is None else p
         gamma = np.exp(self.rng.normal(0.0, BN_GAMMA_LOG_STD, c2)).astype(np.float32)
@@ -261,9 +244,9 @@ class _Graph:
         y = self.folded_conv(x, c2, k, s, pad, scope, prefix, (gamma, beta, BN_EPS))
         sig = self.node("Sigmoid", f"{scope}/act", [y])[0]
         out = self.node("Mul", f"{scope}/act", [y, sig])[0]
-        return _T(out, c2, (x.height + 2 * pad - k) // s + 1, (x.width + 2 * pad - k) // s + 1)
+        return Tensor(out, c2, (x.height + 2 * pad - k) // s + 1, (x.width + 2 * pad - k) // s + 1)
 
-    def c3(self, x: _T, c2: int, n: int, shortcut: bool, scope: str, prefix: str) -> _T:
+    def c3(self, x: Tensor, c2: int, n: int, shortcut: bool, scope: str, prefix: str) -> Tensor:
         """models/common.py C3: cv3(cat(m(cv1(x)), cv2(x))) with n Bottlenecks (e=1.0)."""
         c_ = int(c2 * 0.5)
         a = self.conv(x, c_, 1, 1, f"{scope}/cv1", f"{prefix}.cv1")
@@ -271,25 +254,25 @@ class _Graph:
             bscope, bprefix = f"{scope}/m/m.{j}", f"{prefix}.m.{j}"
             h = self.conv(a, c_, 1, 1, f"{bscope}/cv1", f"{bprefix}.cv1")
             h = self.conv(h, c_, 3, 1, f"{bscope}/cv2", f"{bprefix}.cv2")
-            a = _T(self.node("Add", bscope, [a.name, h.name])[0], c_, a.height, a.width) if shortcut else h
+            a = Tensor(self.node("Add", bscope, [a.name, h.name])[0], c_, a.height, a.width) if shortcut else h
         b = self.conv(x, c_, 1, 1, f"{scope}/cv2", f"{prefix}.cv2")
         return self.conv(self.concat([a, b], scope), c2, 1, 1, f"{scope}/cv3", f"{prefix}.cv3")
 
-    def sppf(self, x: _T, c2: int, k: int, scope: str, prefix: str) -> _T:
+    def sppf(self, x: Tensor, c2: int, k: int, scope: str, prefix: str) -> Tensor:
         """models/common.py SPPF: cv2(cat(x, m(x), m(m(x)), m(m(m(x))))) after cv1; m = MaxPool k, s1, p k//2."""
         x = self.conv(x, x.channels // 2, 1, 1, f"{scope}/cv1", f"{prefix}.cv1")
         pools = [x]
         for i in range(3):  # the one nn.MaxPool2d called three times: scopes m, m_1, m_2
             name = self.node("MaxPool", f"{scope}/m" + (f"_{i}" if i else ""), [pools[-1].name], ceil_mode=0,
                              dilations=[1, 1], kernel_shape=[k, k], pads=[k // 2] * 4, strides=[1, 1])[0]
-            pools.append(_T(name, x.channels, x.height, x.width))
+            pools.append(Tensor(name, x.channels, x.height, x.width))
         return self.conv(self.concat(pools, scope), c2, 1, 1, f"{scope}/cv2", f"{prefix}.cv2")
 
-    def concat(self, parts: Sequence[_T], scope: str) -> _T:
+    def concat(self, parts: Sequence[Tensor], scope: str) -> Tensor:
         name = self.node("Concat", scope, [p.name for p in parts], axis=1)[0]
-        return _T(name, sum(p.channels for p in parts), parts[0].height, parts[0].width)
+        return Tensor(name, sum(p.channels for p in parts), parts[0].height, parts[0].width)
 
-    def upsample(self, x: _T, scope: str) -> _T:
+    def upsample(self, x: Tensor, scope: str) -> Tensor:
         """nn.Upsample(scale_factor=2, mode='nearest') as torch exports it: Resize with scales."""
         # Opset 11/12 Resize needs a roi input: torch passes an empty float tensor there, and an
         # omitted optional input from opset 13 on.
@@ -297,7 +280,7 @@ class _Graph:
         scales = self.const(scope, np.array([1, 1, 2, 2], np.float32))
         name = self.node("Resize", scope, [x.name, roi, scales], coordinate_transformation_mode="asymmetric",
                          cubic_coeff_a=-0.75, mode="nearest", nearest_mode="floor")[0]
-        return _T(name, x.channels, x.height * 2, x.width * 2)
+        return Tensor(name, x.channels, x.height * 2, x.width * 2)
 
 
 # --------------------------------------------------------------------------
@@ -305,7 +288,7 @@ class _Graph:
 # --------------------------------------------------------------------------
 
 
-def _detect(g: _Graph, feats: Sequence[_T], num_classes: int, dynamic_batch: bool, det_bias: float,
+def _detect(g: _Graph, feats: Sequence[Tensor], num_classes: int, dynamic_batch: bool, det_bias: float,
             index: int) -> tuple[str, int]:
     scope = f"model.{index}"
     na, no = len(ANCHORS[0]) // 2, num_classes + 5
@@ -462,8 +445,8 @@ def build_yolov5(
     def build(stats: Stats | None) -> _Graph:
         rng = np.random.default_rng([seed, round(width_multiple * 1e4), round(depth_multiple * 1e4), num_classes])
         g = _Graph(opset, name_style, constants, rng, stats)
-        x: _T | None = _T("images", 3, height, width)
-        outputs: list[_T | None] = []
+        x: Tensor | None = Tensor("images", 3, height, width)
+        outputs: list[Tensor | None] = []
         for index, (source, n, module, args) in enumerate(BACKBONE + HEAD):
             scope = prefix = f"model.{index}"
             n = scaled_depth(n, depth_multiple)

@@ -3,7 +3,6 @@ mergeable per-tensor statistics (constant memory, whatever the image count); mer
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -12,37 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from qcal.detections import decode, scale_boxes
-from qcal.model import float_tensors
+from qcal.detections import DecoderSettings, decode, scale_boxes
+from qcal.errors import QcalError
 from qcal.files import write_atomic
-from qcal.preprocess import Profile
+from qcal.model import ModelInfo, float_tensors
+from qcal.raws import InputSpec, RawItem
+from qcal.runtime import cpu_session, model_output
 from qcal.stats import TensorStats, load_stats, merge_all, save_stats
-
-
-def read_input(raw: str | Path, profile: Profile, layout: str) -> np.ndarray:
-    """A raw tensor as the model's float32 input batch [1, ...] in the model's layout."""
-    dtype = np.float32 if profile.dtype == "float32" else np.uint8
-    x = np.fromfile(raw, dtype=dtype)
-    expected = profile.height * profile.width * 3
-    if x.size != expected:
-        raise ValueError(f"{raw}: {x.size} values, expected {expected} "
-                         f"({profile.height}x{profile.width}x3 {profile.dtype})")
-    if profile.layout == "NHWC":
-        x = x.reshape(profile.height, profile.width, 3)
-        if layout == "NCHW":
-            x = x.transpose(2, 0, 1)
-    else:
-        x = x.reshape(3, profile.height, profile.width)
-        if layout == "NHWC":
-            x = x.transpose(1, 2, 0)
-    if profile.dtype == "uint8":  # native-input raws: apply the profile's normalisation here
-        channel_axis = 0 if layout == "NCHW" else 2
-        shape = [1, 1, 1]
-        shape[channel_axis] = 3
-        mean = np.reshape(np.array(profile.mean, np.float32), shape)
-        std = np.reshape(np.array(profile.std, np.float32), shape)
-        x = (x.astype(np.float32) / np.float32(profile.divisor) - mean) / std
-    return np.ascontiguousarray(x[None], dtype=np.float32)
 
 
 def observing_session(model: onnx.ModelProto, tensors: list[str], threads: int) -> ort.InferenceSession:
@@ -53,14 +28,10 @@ def observing_session(model: onnx.ModelProto, tensors: list[str], threads: int) 
     for name in tensors:
         if name not in existing:
             observed.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(observed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(observed.SerializeToString(), threads)
 
 
-def calibrate(model_path: str | Path, raws: list[str], profile: Profile, input_name: str, layout: str,
-              threads: int = 1, max_bins: int = 4096,
+def calibrate(model_path: str | Path, raws: list[str], spec: InputSpec, threads: int = 1, max_bins: int = 4096,
               on_output: Callable[[int, np.ndarray], None] | None = None) -> tuple[dict[str, TensorStats], dict]:
     """Statistics of every float activation over the given raws (the decode tail too, for a 16-bit
     tail). Memory holds one image's activations and one fixed-size histogram per tensor.
@@ -74,18 +45,19 @@ def calibrate(model_path: str | Path, raws: list[str], profile: Profile, input_n
     derived = derived_tensors(model, tensors)
     observed = {name for name in names if name in stats and name not in derived}
     started = time.perf_counter()
-    model_output = model.graph.output[0].name
+    model_outputs = [o.name for o in model.graph.output]
     for i, raw in enumerate(raws):
-        x = read_input(raw, profile, layout)
-        if input_name in stats:
-            stats[input_name].update(x)
+        x = spec.read(raw)
+        if spec.input_name in stats:
+            stats[spec.input_name].update(x)
         # session.run copies ORT's buffers; run_with_ort_values views would save ~7% of the loop but kept
         # peak memory at 1.43 GB instead of 1.20 GB on YOLOv5s (benchmarks/bench_calibration.py).
-        for name, value in zip(names, session.run(names, {input_name: x})):
+        values = dict(zip(names, session.run(names, {spec.input_name: x})))
+        for name, value in values.items():
             if name in observed:
                 stats[name].update(value)
-            if on_output is not None and name == model_output:
-                on_output(i, value)
+        if on_output is not None:
+            on_output(i, model_output([values[name] for name in model_outputs]))
     fill_derived(stats, tensors, derived)
     meta = {"images": len(raws), "tensors": len(tensors), "seconds": round(time.perf_counter() - started, 3)}
     return stats, meta
@@ -121,28 +93,12 @@ def fill_derived(stats: dict[str, TensorStats], tensors: list[str],
             stats[name] = merged
 
 
-def usable_raws(raws: list[str], metas: list[str]) -> list[tuple[str, dict]]:
-    """(raw, sidecar) pairs of images that were decoded (skipped images have empty raws)."""
-    keep = []
-    for raw, meta in zip(raws, metas):
-        with open(meta, encoding="utf-8") as f:
-            sidecar = json.load(f)
-        if sidecar["status"] == "ok":
-            keep.append((raw, sidecar))
-    return keep
-
-
-def is_detector_output(shape: list) -> bool:
-    """YOLOv5-style [1, N, 5 + classes]."""
-    return len(shape) == 3 and isinstance(shape[2], int) and shape[2] > 5
-
-
 DETECTION_COLUMNS = ["image", "class", "score", "x1", "y1", "x2", "y2"]
 
 
-def detection_rows(image: str, output: np.ndarray, letterbox: dict, conf: float, iou: float) -> list[list]:
+def detection_rows(image: str, output: np.ndarray, letterbox: dict, decoder: DecoderSettings) -> list[list]:
     """The float model's detections for one image, boxes in original image pixels."""
-    dets = decode(output, conf_threshold=conf, iou_threshold=iou)
+    dets = decode(output, conf_threshold=decoder.conf_threshold, iou_threshold=decoder.iou_threshold)
     boxes = scale_boxes(dets.boxes, letterbox)
     return [[image, int(c), round(float(s), 5), *(round(float(v), 2) for v in b)]
             for c, s, b in zip(dets.classes, dets.scores, boxes)]
@@ -162,29 +118,25 @@ def merge_shards(paths: list[str | Path]) -> tuple[dict[str, TensorStats], dict]
     return merge_all(parts), {"images": images, "shards": len(paths)}
 
 
-def run_shard_from_snakemake(smk) -> None:  # pragma: no cover - exercised by the workflow tests
-    from qcal.preprocess import resolve_profile
-
-    profile = resolve_profile(smk.params.profile, json.loads(smk.params.settings))
-    info = json.loads(Path(smk.input.info).read_text())
-    usable = usable_raws(list(smk.input.raws), list(smk.input.metas))
+def calibrate_shard(model: str | Path, info: ModelInfo, items: list[RawItem], spec: InputSpec, threads: int,
+                    max_bins: int, decoder: DecoderSettings, out_stats: str | Path, out_detections: str | Path) -> dict:
+    """One calibration job: statistics of its images and, for a detector, the float model's detections
+    on them (the pseudo-labels of the coverage report) from the same forward pass."""
     rows: list[list] = []
 
     def keep_detections(i: int, output: np.ndarray) -> None:
-        raw, sidecar = usable[i]
-        rows.extend(detection_rows(sidecar["image"], output, sidecar["letterbox"], smk.params.conf, smk.params.iou))
+        rows.extend(detection_rows(items[i].image, output, items[i].letterbox, decoder))
 
-    detector = is_detector_output(info["output_shape"])
-    stats, meta = calibrate(smk.input.model, [raw for raw, _ in usable], profile, info["input_name"],
-                            info["layout"], smk.threads, smk.params.max_bins, keep_detections if detector else None)
-    save_stats(smk.output.stats, stats, meta)
-    write_detections(smk.output.detections, rows)
-    Path(smk.log[0]).write_text(json.dumps(meta) + "\n")
+    stats, meta = calibrate(model, [item.raw for item in items], spec, threads, max_bins,
+                            keep_detections if info.is_detector else None)
+    save_stats(out_stats, stats, meta)
+    write_detections(out_detections, rows)
+    return meta
 
 
-def run_merge_from_snakemake(smk) -> None:  # pragma: no cover - exercised by the workflow tests
-    stats, meta = merge_shards(list(smk.input))
+def merge_shard_files(paths: list[str | Path], out: str | Path) -> dict:
+    stats, meta = merge_shards(paths)
     if meta["images"] == 0:
-        raise ValueError("no calibration image reached the model: every shard is empty")
-    save_stats(smk.output[0], stats, meta)
-    Path(smk.log[0]).write_text(json.dumps(meta) + "\n")
+        raise QcalError("no calibration image reached the model: every image was skipped or held out")
+    save_stats(out, stats, meta)
+    return meta

@@ -6,22 +6,25 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
 import onnx.version_converter
 from google.protobuf.message import DecodeError
-from onnx import TensorProto
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
-from qcal.files import write_atomic
+from qcal.errors import QcalError
+from qcal.files import write_json, write_atomic
+from qcal.graph import consumers, op_counts
 from qcal.names import names_from_metadata
 
 # Ops that carry learned weights: a decode tail has none of them.
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
-class ModelError(Exception):
+class ModelError(QcalError):
     """The model cannot be used; the message says why and what to do."""
 
 
@@ -125,6 +128,20 @@ def check_model_file(path: str | os.PathLike, input_name: str | None, height: in
     return inp
 
 
+def check_runs_on_cpu(path: str | os.PathLike) -> None:
+    """ONNX Runtime's CPU provider can build a session for the model (every operator has a kernel):
+    found at start, not after every raw is built, when the first calibration shard would fail."""
+    import onnxruntime as ort
+
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own exception types for every failure
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"ONNX Runtime cannot run {path}: {first}") from None
+
+
 MIN_OPSET = 13  # per-channel QDQ needs DequantizeLinear's axis attribute (opset 13)
 
 
@@ -181,14 +198,6 @@ def constants_to_initializers(model: onnx.ModelProto) -> None:
         model.graph.node.extend(keep)
 
 
-def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    table: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            table.setdefault(name, []).append(node)
-    return table
-
-
 def downstream(model: onnx.ModelProto, start: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Nodes reachable from the outputs of `start` (not including `start`), in graph order."""
     table = consumers(model)
@@ -208,9 +217,6 @@ class DecodeTail:
     tail_nodes: list[str]       # everything after them: box decoding arithmetic
     op_types: dict[str, int]
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
 
 def find_decode_tail(model: onnx.ModelProto) -> DecodeTail:
     """A detector's decode tail: the weight-free subgraph after the last Conv/Gemm/MatMul nodes, when it
@@ -223,10 +229,7 @@ def find_decode_tail(model: onnx.ModelProto) -> DecodeTail:
     reaches_output = any(out in outputs for n in tail for out in n.output)
     if not (heads and decodes and reaches_output):
         return DecodeTail([], [], {})
-    counts: dict[str, int] = {}
-    for node in tail:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return DecodeTail([n.name for n in heads], [n.name for n in tail], counts)
+    return DecodeTail([n.name for n in heads], [n.name for n in tail], op_counts(tail))
 
 
 def float_tensors(model: onnx.ModelProto) -> list[str]:
@@ -241,6 +244,20 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def preactivations(model: onnx.ModelProto) -> dict[str, float]:
+    """{Conv output: alpha} for Conv outputs read only by one LeakyRelu (its alpha) or Relu (0)."""
+    readers = consumers(model)
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        users = readers.get(node.output[0], [])
+        if len(users) == 1 and users[0].op_type in ("LeakyRelu", "Relu"):
+            alpha = next((a.f for a in users[0].attribute if a.name == "alpha"), 0.01)
+            found[node.output[0]] = float(alpha) if users[0].op_type == "LeakyRelu" else 0.0
+    return found
+
+
 def tail_tensors(model: onnx.ModelProto, tail: DecodeTail) -> list[str]:
     """The tensors a 16-bit tail covers: the heads' outputs and every tail output. The heads' outputs
     belong to it because Reshape/Transpose/Split share their input's quantization parameters."""
@@ -248,18 +265,111 @@ def tail_tensors(model: onnx.ModelProto, tail: DecodeTail) -> list[str]:
     return [out for node in model.graph.node if node.name in names for out in node.output if out]
 
 
-def run_prepare_from_snakemake(smk) -> None:  # pragma: no cover - exercised by the workflow tests
-    inp = check_model_file(smk.input.model, smk.params.input_name, smk.params.height, smk.params.width)
-    model = load_checked(smk.input.model)
+def split_detector_outputs(model: onnx.ModelProto, boxes: str = "boxes", scores: str = "scores") -> onnx.ModelProto:
+    """A YOLOv5-style detector [1, N, 5 + C] -> outputs boxes [1, N, 4] (cx, cy, w, h in pixels) and
+    scores [1, N, 1 + C] (objectness, classes; 0..1), so no tensor mixes pixels with probabilities: a
+    quantized tail with one output Concat shares one scale between them (2.5 px: every score becomes 0
+    on ONNX Runtime's CPU, and raw 8-bit codes on the HTP). Expects per level Concat(xy, wh, conf) ->
+    Reshape, then a Concat on axis 1 (YOLOv5's export, qcal.darknet, qcal.synthetic)."""
+    split = onnx.ModelProto()
+    split.CopyFrom(model)
+    graph = split.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    out = graph.output[0]
+    final = producer.get(out.name)
+    dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    if final is None or final.op_type != "Concat" or len(dims) != 3 or dims[2] <= 5:
+        raise ModelError(f"the output {out.name!r} is not a YOLOv5-style Concat [1, N, 5 + classes], so boxes and "
+                         "scores cannot be emitted separately; use quantization.tail: float or int16")
+    width = dims[2]
+    drop, box_parts, score_parts, new = {final.name}, [], [], []
+    box_shape, score_shape = f"{boxes}_shape", f"{scores}_shape"
+    graph.initializer.extend([numpy_helper.from_array(np.array([1, -1, 4], np.int64), box_shape),
+                              numpy_helper.from_array(np.array([1, -1, width - 4], np.int64), score_shape)])
+    for i, name in enumerate(final.input):
+        reshape = producer.get(name)
+        level = producer.get(reshape.input[0]) if reshape is not None else None
+        if reshape is None or reshape.op_type != "Reshape" or level is None or level.op_type != "Concat" \
+                or len(level.input) != 3:
+            raise ModelError(f"{name}: expected Reshape(Concat(xy, wh, conf)) before the output Concat; use "
+                             "quantization.tail: float or int16")
+        axis = next(a.i for a in level.attribute if a.name == "axis")
+        xy, wh, conf = level.input
+        drop.update({reshape.name, level.name})
+        b, s = f"{boxes}_{i}", f"{scores}_{i}"
+        new += [helper.make_node("Concat", [xy, wh], [b + "_xywh"], name=b + "_xywh", axis=axis),
+                helper.make_node("Reshape", [b + "_xywh", box_shape], [b], name=b),
+                helper.make_node("Reshape", [conf, score_shape], [s], name=s)]
+        box_parts.append(b)
+        score_parts.append(s)
+    new += [helper.make_node("Concat", box_parts, [boxes], name=boxes, axis=1),
+            helper.make_node("Concat", score_parts, [scores], name=scores, axis=1)]
+    kept = [n for n in graph.node if n.name not in drop]
+    del graph.node[:]
+    graph.node.extend(kept + new)
+    elem = out.type.tensor_type.elem_type
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info(boxes, elem, [1, dims[1], 4]),
+                         helper.make_tensor_value_info(scores, elem, [1, dims[1], width - 4])])
+    del graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(split)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What every later stage needs to know about the prepared model (results/model/model_info.json)."""
+
+    input_name: str
+    layout: str                  # NCHW or NHWC
+    input_shape: list
+    output_name: str             # the first output (boxes, when boxes and scores are separate outputs)
+    output_shape: list           # of the detector output as one array: [1, N, 5 + C] for a YOLOv5-style model
+    class_names: list[str] | None  # from the model's metadata, if it has them
+    head_nodes: list[str]        # the decode tail's (empty when the model is not a detector)
+    tail_nodes: list[str]
+    op_types: dict[str, int]
+    tail_tensors: list[str]
+    split_outputs: bool = False  # boxes and scores are separate outputs (a quantized decode tail)
+    preactivations: dict[str, float] = field(default_factory=dict)  # Conv outputs read only by a
+    # LeakyReLU (its alpha) or a ReLU (0): their range error is measured after the activation
+
+    @property
+    def is_detector(self) -> bool:
+        """A YOLOv5-style detector: output [1, N, 5 + classes] (boxes, objectness, class scores)."""
+        shape = self.output_shape
+        return len(shape) == 3 and isinstance(shape[2], int) and shape[2] > 5
+
+    @property
+    def tail(self) -> DecodeTail:
+        return DecodeTail(self.head_nodes, self.tail_nodes, self.op_types)
+
+    def write(self, path: str | os.PathLike) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ModelInfo:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def prepare_file(model_path: str | os.PathLike, out_model: str | os.PathLike, out_info: str | os.PathLike,
+                 input_name: str | None, height: int, width: int, split_outputs: bool = False) -> ModelInfo:
+    """Check, prepare and describe the user's model; writes the prepared model and its ModelInfo.
+    split_outputs: a detector's boxes and scores become separate outputs (for a quantized decode tail)."""
+    inp = check_model_file(model_path, input_name, height, width)
+    model = load_checked(model_path)
     prepared = prepare(model, inp.name)
-    tail = find_decode_tail(prepared)
     out_dims = prepared.graph.output[0].type.tensor_type.shape.dim
-    output_shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in out_dims]
-    info = {"input_name": inp.name, "layout": inp.layout, "input_shape": [1, *inp.shape[1:]],
-            "output_name": prepared.graph.output[0].name, "output_shape": output_shape,
-            "class_names": names_from_metadata(model),
-            **asdict(tail), "tail_tensors": tail_tensors(prepared, tail)}
-    write_atomic(smk.output.model, prepared.SerializeToString())
-    write_atomic(smk.output.info, (json.dumps(info, indent=1) + "\n").encode())
-    Path(smk.log[0]).write_text(f"input {inp.name} {list(inp.shape)} {inp.layout}; decode tail: "
-                                f"{len(tail.tail_nodes)} nodes after {tail.head_nodes}\n")
+    split = split_outputs and bool(find_decode_tail(prepared).tail_nodes)  # a model that is no detector stays
+    if split:
+        prepared = split_detector_outputs(prepared)
+    tail = find_decode_tail(prepared)
+    info = ModelInfo(
+        input_name=inp.name, layout=inp.layout, input_shape=[1, *inp.shape[1:]],
+        output_name=prepared.graph.output[0].name,
+        output_shape=[d.dim_value if d.HasField("dim_value") else d.dim_param for d in out_dims],
+        class_names=names_from_metadata(model), head_nodes=tail.head_nodes, tail_nodes=tail.tail_nodes,
+        op_types=tail.op_types, tail_tensors=tail_tensors(prepared, tail), split_outputs=split,
+        preactivations=preactivations(prepared))
+    write_atomic(out_model, prepared.SerializeToString())
+    info.write(out_info)
+    return info

@@ -7,12 +7,12 @@ Commands are argument lists run without a shell, so no path is ever re-parsed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from qcal.errors import QcalError
 
 CONVERTER = "snpe-onnx-to-dlc"
 QUANTIZERS = ("snpe-dlc-quant", "snpe-dlc-quantize")  # SNPE 2 first, SNPE 1's name second
@@ -20,7 +20,7 @@ INSTALL_HINT = ("install Qualcomm's Neural Processing SDK (SNPE) and run its bin
                 f"{CONVERTER} and {' or '.join(QUANTIZERS)} are on PATH, or set quantization.backend: onnxruntime")
 
 
-class SnpeError(Exception):
+class SnpeError(QcalError):
     pass
 
 
@@ -61,28 +61,3 @@ def run(cmds: list[list[str]], log: str | os.PathLike) -> None:
             done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
             if done.returncode != 0:
                 raise SnpeError(f"{Path(cmd[0]).name} failed with exit code {done.returncode}; see {log}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("model", "encodings", "input-list", "float-dlc", "out", "log"):
-        parser.add_argument(f"--{name}", required=True)
-    parser.add_argument("--activation-bits", type=int, default=8)
-    parser.add_argument("--per-channel", action="store_true")
-    parser.add_argument("--native-uint8", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        converter, quantizer = find_tools()
-        run(commands(converter, quantizer, args.model, args.encodings, args.input_list, args.float_dlc, args.out,
-                     args.activation_bits, args.per_channel, args.native_uint8), args.log)
-    except SnpeError as err:
-        print(f"qcal: {err}", file=sys.stderr)
-        return 1
-    if not os.path.isfile(args.out):
-        print(f"qcal: {Path(quantizer).name} finished but wrote no {args.out}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

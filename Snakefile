@@ -12,16 +12,18 @@ include: "rules/images.smk"
 include: "rules/model.smk"
 include: "rules/calibrate.smk"
 include: "rules/snpe.smk"
+include: "rules/htp.smk"
 include: "rules/reports.smk"
 
 
 QUANTIZED = [
     "results/input_list.txt",
-    "results/model_quantized.onnx",
+    SHIPPED_MODEL,
     "results/encodings.json",
     "results/quantize_summary.json",
     "results/reports/coverage.html",
-] + (["results/model_quantized.dlc"] if SNPE_BACKEND else [])
+    "results/reports/skipped_images.tsv",
+] + (["results/model_quantized.dlc"] if S.snpe_backend else []) + HTP_OUTPUTS
 
 
 ACCURACY = ["results/reports/accuracy.html"]
@@ -44,12 +46,10 @@ rule quantize:
         QUANTIZED,
 
 
+onstart:
+    jobs.remove_stale_temporaries("results")
+
+
 onsuccess:
     # The summaries a user should read, once, at the end of the run (jobs' own prints scroll away).
-    for summary in (
-        "results/reports/coverage.txt",
-        "results/quantize_summary.txt",
-        "results/reports/accuracy.txt",
-    ):
-        if os.path.exists(summary):
-            print(open(summary, encoding="utf-8").read(), end="")
+    print(jobs.final_summary("results", [soc.name for soc in S.target.socs]), end="")

@@ -13,22 +13,17 @@ rule calibrate_shard:
     log:
         "results/logs/calibration/shard-{shard}.log",
     params:
-        entry="qcal.calibrate:run_shard_from_snakemake",
-        profile=PROFILE_NAME,
-        settings=PROFILE_SETTINGS,
-        max_bins=config["calibration"]["histogram_bins"],
-        conf=config["labels"]["conf_threshold"],
-        iou=config["labels"]["iou_threshold"],
+        **PROFILE,
+        histogram_bins=config["calibration"]["histogram_bins"],
+        decoder=config["decoder"],
     wildcard_constraints:
         shard=r"\d+",
     threads: config["calibration"]["threads"]
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.calibrate_shard(input, output, params, threads, log)
 
 
 rule merge_calibration:
@@ -38,14 +33,10 @@ rule merge_calibration:
         "results/calibration/stats.npz",
     log:
         "results/logs/calibration/merge.log",
-    params:
-        entry="qcal.calibrate:run_merge_from_snakemake",
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.merge_calibration(input, output, log)
 
 
 rule ranges:
@@ -57,14 +48,11 @@ rule ranges:
     log:
         "results/logs/calibration/ranges.log",
     params:
-        entry="qcal.quantize:run_ranges_from_snakemake",
-        quantization=config["quantization"],
+        quantization=S.quantization_params,
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.ranges(input, output, params, log)
 
 
 rule quantize_model:
@@ -73,28 +61,39 @@ rule quantize_model:
         info="results/model/model_info.json",
         ranges="results/calibration/ranges.json",
         stats="results/calibration/stats.npz",
-        eval_raws=lambda w: search_raws("raw"),
-        eval_metas=lambda w: search_raws("json"),
-        calibration_raws=lambda w: search_calibration_raws("raw"),
-        calibration_metas=lambda w: search_calibration_raws("json"),
+        eval_raws=search_evaluation_raws("raw"),
+        eval_metas=search_evaluation_raws("json"),
+        calibration_raws=search_calibration_raws("raw"),
+        calibration_metas=search_calibration_raws("json"),
     output:
-        model="results/model_quantized.onnx",
-        encodings="results/encodings.json",
+        model="results/model_quantized.onnx" if S.target.quantized_model else temp("results/model_quantized.onnx"),
+        encodings="results/encodings.json",  # AIMET/QNN format 0.6.1 (SNPE's --quantization_overrides)
+        encodings_v1="results/encodings-1.0.0.json",  # format 1.0.0, AIMET's and QNN's default now
         summary="results/quantize_summary.json",
         text="results/quantize_summary.txt",
     log:
         "results/logs/quantize_model.log",
     params:
-        entry="qcal.quantize:run_quantize_from_snakemake",
-        quantization=config["quantization"],
-        profile=PROFILE_NAME,
-        settings=PROFILE_SETTINGS,
-        conf=LABELS["conf_threshold"],
-        iou=LABELS["iou_threshold"],
-    threads: EVALUATION["threads"]  # the accuracy search runs the model as the evaluation does
+        **PROFILE,
+        quantization=S.quantization_params,
+        search=S.search_params,
+        decoder=config["decoder"],
+        target=S.target_params,
+    threads: config["search"]["threads"]
     resources:
         mem_mb=4000,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.quantize_model(input, output, params, threads, log)
+
+
+rule weights_dequantized:
+    input:
+        "results/model_quantized.onnx",
+    output:
+        "results/model_weights_dequantized.onnx",
+    log:
+        "results/logs/weights_dequantized.log",
+    resources:
+        mem_mb=2000,
+    run:
+        jobs.weights_dequantized(input, output, log)

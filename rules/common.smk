@@ -1,195 +1,158 @@
-# Shared helpers: config validation, image discovery, input functions. No rule logic lives here.
-# Jobs run `python -m qcal.<stage>` in the active environment, where qcal is installed (pip install -e .).
-import json
+# Settings and input functions. The policy (which images, which labels, which checks) lives in tested
+# Python (qcal.settings, qcal.plan); this file only connects it to the rules.
 import os
-import shlex
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from qcal.images import find_images, image_of_stem, is_held_out, raw_stem, search_sample, shard_of
-from qcal.preprocess import resolve_profile
+import qcal.workflow as jobs
+from qcal import settings as qcal_settings
+from qcal.errors import QcalError
+from qcal.plan import FolderPlan, Plan, folder_digests
 
-validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
-
-DEFAULT_IMAGES = config["images"] == "default"
-IMAGE_DIR = "resources/images" if DEFAULT_IMAGES else config["images"]
-if not DEFAULT_IMAGES and not os.path.isdir(IMAGE_DIR):
-    raise WorkflowError(f"config key 'images': folder {IMAGE_DIR!r} does not exist")
-
-_preprocess = dict(config["preprocess"])
-PROFILE_NAME = _preprocess.pop("profile")
 try:
-    PROFILE = resolve_profile(PROFILE_NAME, _preprocess)
-except ValueError as err:
-    raise WorkflowError(f"config key 'preprocess': {err}")
-# Passed to every raw job as one parameter: any change to it rebuilds every raw.
-PROFILE_SETTINGS = json.dumps(_preprocess, sort_keys=True)
+    qcal_settings.check_user_config(config)
+    _schema = os.path.join(workflow.basedir, "config", "schema.yaml")
+    config.update(qcal_settings.coerce_to_schema(config, qcal_settings.read_schema(_schema)))
+    validate(config, _schema)
+    S = qcal_settings.load(config)
+    qcal_settings.check_environment(S, os.getcwd())
+except QcalError as err:
+    raise WorkflowError(str(err))
 
 
-DEFAULT_MODEL = config["model"] == "default"
-MODEL_PATH = (f"resources/models/yolov3-tiny-{PROFILE.height}x{PROFILE.width}.onnx" if DEFAULT_MODEL
-              else config["model"])
-if not DEFAULT_MODEL:
-    from qcal.model import ModelError, check_model_file
+def soc_model_of(wildcards):
+    from qcal.targets import find_soc
 
-    try:
-        check_model_file(MODEL_PATH, config["input_list"]["input_name"], PROFILE.height, PROFILE.width)
-    except ModelError as err:
-        raise WorkflowError(f"config key 'model': {err}")
+    return find_soc(wildcards.soc).soc_model
 
 
-TEMPORARY_RAWS = config["raws"] == "temporary"
-SNPE_BACKEND = config["quantization"]["backend"] == "snpe"
-if TEMPORARY_RAWS and SNPE_BACKEND:
-    raise WorkflowError("config key 'raws': the snpe backend reads the raws through the input list; keep them")
-if SNPE_BACKEND:
-    from qcal.snpe import SnpeError, check_raw_format, find_tools
-
-    try:
-        find_tools()
-        check_raw_format(PROFILE.layout)
-    except SnpeError as err:
-        raise WorkflowError(f"config key 'quantization.backend': {err}")
+# What the target runs: a QDQ model, or for the gpu runtime the float model with its weights as the
+# GPU dequantizes them when it loads a quantized model (the QDQ model is then only a step).
+SHIPPED_MODEL = "results/model_quantized.onnx" if S.target.quantized_model else "results/model_weights_dequantized.onnx"
+HTP_OUTPUTS = [f"results/htp/{soc.name}/{name}" for soc in S.target.socs for name in ("check.json", "model_ctx.onnx")]
 
 
-LABELS = config["labels"]
-LABEL_SOURCE = LABELS["source"]
-if LABEL_SOURCE == "auto":
-    LABEL_SOURCE = "yolo" if LABELS["yolo_dir"] else "coco" if LABELS["coco_json"] else "pseudo"
-for _key, _needed, _exists in (
-    ("yolo_dir", LABEL_SOURCE == "yolo", os.path.isdir),
-    ("coco_json", LABEL_SOURCE == "coco", os.path.isfile),
-    ("names", bool(LABELS["names"]), os.path.isfile),
-):
-    if _needed and not (LABELS[_key] and _exists(LABELS[_key])):
-        raise WorkflowError(f"config key 'labels.{_key}': {LABELS[_key]!r} does not exist")
+# Parameters every job that reads raws shares (any change to the profile rebuilds every raw).
+PROFILE = {"profile": S.profile_name, "profile_settings": S.profile_json}
 
 
-SNPE_FLAGS = " ".join(
-    flag
-    for flag, wanted in (
-        ("--per-channel", config["quantization"]["per_channel"]),
-        ("--native-uint8", PROFILE.dtype == "uint8"),
-    )
-    if wanted
-)
-
-
-EVALUATION = config["evaluation"]
-EVAL_SEPARATE = EVALUATION["images"] not in (None, "calibration")
-HOLDOUT = EVALUATION["holdout"] if EVALUATION["images"] is None else 0.0
-if EVAL_SEPARATE and not os.path.isdir(EVALUATION["images"]):
-    raise WorkflowError(f"config key 'evaluation.images': folder {EVALUATION['images']!r} does not exist")
-
-
-# Input functions run once per job while the DAG is built: list and split the folder once, not per call.
+# Image folders are listed, split and hashed once per DAG build, not once per input-function call.
 _MEMO = {}
 
 
-def folder_images():
-    """Image paths relative to IMAGE_DIR; waits for the default photos to be fetched when used."""
-    if DEFAULT_IMAGES:
-        checkpoints.default_images.get()  # raises until fetched, so nothing is cached before that
-    if "folder" not in _MEMO:
-        images = find_images(IMAGE_DIR)
-        if not images:
-            raise WorkflowError(f"config key 'images': no .jpg/.jpeg/.png files under {IMAGE_DIR!r}")
-        _MEMO["folder"] = images
-    return _MEMO["folder"]
+def plan():
+    if "plan" not in _MEMO:
+        if S.default_images:
+            checkpoints.default_images.get()  # raises until fetched, so nothing is cached before that
+        try:
+            calibration = FolderPlan.scan(S.image_folder, config["on_bad_image"], "images")
+            evaluation = (FolderPlan.scan(S.evaluation_folder, config["on_bad_image"], "evaluation.images")
+                          if S.evaluation_folder else None)
+            _MEMO["plan"] = Plan(calibration, evaluation, S.holdout, S.evaluate_on_calibration,
+                                 config["calibration"]["shards"], config["search"]["calibration_images"],
+                                 config["evaluation"]["search_share"] if S.search else 0.0)
+            _MEMO["digests"] = {"raw": folder_digests(calibration, "images"),
+                                "eval_raw": folder_digests(evaluation, "evaluation") if evaluation else {}}
+        except QcalError as err:
+            raise WorkflowError(str(err))
+    return _MEMO["plan"]
 
 
-def calibration_images():
-    if "calibration" not in _MEMO:
-        images = [i for i in folder_images() if not is_held_out(i, HOLDOUT)]
-        if not images:
-            raise WorkflowError(f"config key 'evaluation.holdout': all {len(folder_images())} images were held out")
-        _MEMO["calibration"] = images
-    return _MEMO["calibration"]
+# Snakemake reads any "{word}" in an input path as a wildcard and has no escape for it. Such images are
+# not declared as inputs; the job reads them from params.source, whose content digest still reruns the
+# raw whenever the image changes.
+from snakemake_interface_storage_plugins.io import WILDCARD_REGEX
 
 
-def evaluation_raws(kind):
-    """Raws (kind "raw") or sidecars ("json") of the evaluation images."""
-    if EVAL_SEPARATE:
-        return [f"results/eval_raw/{raw_stem(i)}.{kind}" for i in find_images(EVALUATION["images"])]
-    if EVALUATION["images"] == "calibration":
-        return [f"results/raw/{raw_stem(i)}.{kind}" for i in calibration_images()]
-    return [f"results/raw/{raw_stem(i)}.{kind}" for i in folder_images() if is_held_out(i, HOLDOUT)]
-
-
-def evaluation_raw_files(wildcards):
-    return evaluation_raws("raw")
-
-
-def evaluation_sidecars(wildcards):
-    return evaluation_raws("json")
-
-
-def eval_image_of_raw(wildcards):
-    return os.path.join(EVALUATION["images"], image_id_of_raw(wildcards))
-
-
-def raw_files(wildcards):
-    return [f"results/raw/{raw_stem(i)}.raw" for i in calibration_images()]
-
-
-def raw_sidecars(wildcards):
-    return [f"results/raw/{raw_stem(i)}.json" for i in calibration_images()]
-
-
-def raw_options(image_root):
-    """The preprocess command's constant options, quoted once: per-job placeholders cost DAG time."""
-    return shlex.join(
-        ["--profile", PROFILE_NAME, "--settings", PROFILE_SETTINGS, "--on-bad-image", config["on_bad_image"]]
-        + ["--image-root", image_root]
-    )
-
-
-def image_id_of_raw(wildcards):
-    return image_of_stem(wildcards.stem)
+def declared(path):
+    return [] if WILDCARD_REGEX.search(path) else path
 
 
 def image_of_raw(wildcards):
-    return os.path.join(IMAGE_DIR, image_id_of_raw(wildcards))
+    folder = plan().calibration_folder
+    return declared(os.path.join(folder.root, folder.image_of(wildcards.stem)))
 
 
-def shard_images(shard):
-    if "shards" not in _MEMO:
-        shards = {}
-        for image in calibration_images():
-            shards.setdefault(shard_of(image, config["calibration"]["shards"]), []).append(image)
-        _MEMO["shards"] = shards
-    return _MEMO["shards"].get(int(shard), [])
+def eval_image_of_raw(wildcards):
+    folder = plan().evaluation_folder
+    return declared(os.path.join(folder.root, folder.image_of(wildcards.stem)))
+
+
+def raw_source(wildcards):
+    """(image path, content hash): a changed image reruns its raw even when its file time is older."""
+    folder = plan().calibration_folder
+    image = folder.image_of(wildcards.stem)
+    return os.path.join(folder.root, image), _MEMO["digests"]["raw"][image]
+
+
+def eval_raw_source(wildcards):
+    folder = plan().evaluation_folder
+    image = folder.image_of(wildcards.stem)
+    return os.path.join(folder.root, image), _MEMO["digests"]["eval_raw"][image]
+
+
+def calibration_raws(wildcards):
+    return plan().calibration_raws("raw")
+
+
+def calibration_sidecars(wildcards):
+    return plan().calibration_raws("json")
+
+
+def test_raws(wildcards):
+    return plan().test_raws("raw")
+
+
+def test_sidecars(wildcards):
+    return plan().test_raws("json")
+
+
+def separate_evaluation_sidecars(wildcards):
+    """Sidecars of evaluation images that are not also calibration images (for the skipped report)."""
+    return [] if S.evaluate_on_calibration else plan().evaluation_raws("json")
+
+
+def unusable(kind):
+    def listed(wildcards):
+        folder = plan().calibration_folder if kind == "calibration" else plan().evaluation_folder
+        return [[u.path, u.reason] for u in folder.unusable] if folder else []
+
+    return listed
 
 
 def shard_raws(wildcards):
-    return [f"results/raw/{raw_stem(i)}.raw" for i in shard_images(wildcards.shard)]
+    return plan().shard_raws(wildcards.shard, "raw")
 
 
 def shard_sidecars(wildcards):
-    return [f"results/raw/{raw_stem(i)}.json" for i in shard_images(wildcards.shard)]
+    return plan().shard_raws(wildcards.shard, "json")
 
 
 def coverage_label_inputs(wildcards):
     """What the coverage report reads besides sidecars: label files, or the shards' detections."""
-    if LABEL_SOURCE == "yolo":
-        from qcal.coverage import yolo_label_path
+    if S.label_source == "yolo":
+        from qcal.labels import yolo_label_path
 
-        paths = [yolo_label_path(LABELS["yolo_dir"], i) for i in calibration_images()]
+        paths = [yolo_label_path(config["labels"]["yolo_dir"], i) for i in plan().calibration_images]
         return [str(p) for p in paths if p.is_file()]
-    if LABEL_SOURCE == "coco":
-        return [LABELS["coco_json"]]
+    if S.label_source == "coco":
+        return [config["labels"]["coco_json"]]
     return expand("results/calibration/shard-{shard}.detections.tsv", shard=range(config["calibration"]["shards"]))
 
 
-def search_raws(kind):
-    """The accuracy search reads the evaluation images only when a budget is set."""
-    return evaluation_raws(kind) if config["quantization"]["max_drop"] is not None else []
+def search_evaluation_raws(kind):
+    """The accuracy search reads its share of the evaluation images and a stable sample of the
+    calibration images, only when it runs."""
+
+    def raws(wildcards):
+        return plan().search_raws(kind) if S.search else []
+
+    return raws
 
 
 def search_calibration_raws(kind):
-    """...and a stable sample of the calibration images, which give its check more detections."""
-    if config["quantization"]["max_drop"] is None:
-        return []
-    count = config["quantization"]["search_calibration_images"]
-    return [f"results/raw/{raw_stem(i)}.{kind}" for i in search_sample(calibration_images(), count)]
+    def raws(wildcards):
+        return plan().search_calibration_raws(kind) if S.search else []
+
+    return raws

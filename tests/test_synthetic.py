@@ -7,7 +7,6 @@ builds (8..64 channels, 64x64 or so) that build and run in well under a second.
 from __future__ import annotations
 
 import ast
-import time
 
 import numpy as np
 import onnx
@@ -16,7 +15,8 @@ import pytest
 
 from qcal import synthetic
 from qcal.model import find_decode_tail, prepare
-from qcal.synthetic import (COCO_NAMES, YOLOV5S_PARAMETERS, activation_volume, build_tiny, build_yolov5,
+from qcal.names import COCO_NAMES
+from qcal.synthetic import (activation_volume, build_tiny, build_yolov5,
                             parameter_count, scaled_depth, scaled_width)
 
 # Every op type YOLOv5's export writes (static / --dynamic batch).
@@ -55,9 +55,7 @@ def yolov5s() -> onnx.ModelProto:
 
 def test_yolov5s_parameter_count_matches_the_real_model(yolov5s):
     # YOLOv5's fused summary: "YOLOv5s summary: 157 layers, 7225885 parameters".
-    count = parameter_count(yolov5s)
-    assert abs(count - YOLOV5S_PARAMETERS) <= 0.02 * YOLOV5S_PARAMETERS
-    assert count == YOLOV5S_PARAMETERS
+    assert parameter_count(yolov5s) == 7_225_885
 
 
 def test_yolov5s_graph_is_valid_and_shaped_like_the_export(yolov5s):
@@ -90,9 +88,7 @@ def test_yolov5s_runs_with_realistic_activations(yolov5s):
     assert len(silu) == 57
     for name in silu + heads:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    start = time.perf_counter()
     out, *acts = session(model).run(["output0", *silu, *heads], {"images": noise(1, 640, 640)})
-    elapsed = time.perf_counter() - start
     assert out.shape == (1, 25200, 85)
     assert np.isfinite(out).all()
     for name, act in zip(silu + heads, acts):
@@ -103,7 +99,6 @@ def test_yolov5s_runs_with_realistic_activations(yolov5s):
     assert wh.min() >= 0 and wh.max() <= 4 * 373  # (2 * sigmoid) ** 2 * anchor
     assert scores.min() >= 0 and scores.max() <= 1
     assert 0 < (out[0, :, 4] > 0.25).sum() < 0.05 * 25200  # a few candidates, not everything
-    print(f"yolov5s 640 ORT inference (first run, one image): {elapsed:.3f}s")
 
 
 def test_yolov5s_activation_volume(yolov5s):
@@ -146,11 +141,12 @@ def test_tiny_output_rows_match_the_size(size):
     assert out.shape == (1, rows(height, width), 85)
 
 
-def test_tiny_builds_and_runs_fast():
-    start = time.perf_counter()
+def test_tiny_is_a_small_valid_detector():
     model = build_tiny()
-    session(model).run(None, {"images": noise(1, 64, 64)})
-    assert time.perf_counter() - start < 2.0  # typically ~0.1 s
+    onnx.checker.check_model(model, full_check=True)
+    assert parameter_count(model) < 200_000  # small enough for quick workflow tests
+    out = session(model).run(None, {"images": noise(1, 64, 64)})[0]
+    assert out.shape == (1, rows(64, 64), 85) and np.isfinite(out).all()
 
 
 def test_dynamic_batch_runs_for_batch_1_and_2():

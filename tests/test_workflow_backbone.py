@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def test_incremental_rebuilds(tmp_path, tiny_images):
 
 def test_dry_run_tells_what_would_run_and_writes_nothing(tmp_path, tiny_images):
     work = tmp_path / "work"
-    done = snakemake(work, {"images": str(tiny_images)}, "-n", LIST)
-    assert "raw" in done.stdout and "input_list" in done.stdout
+    done = snakemake(work, {"images": str(tiny_images), **ALL_CALIBRATION}, "-n", LIST)
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout, flags=re.M))
+    assert stats["raw"] == "4" and stats["input_list"] == "1" and stats["total"] == "5"
     assert not (work / "results").exists()
 
 
@@ -105,11 +107,12 @@ def test_bad_image_fails_naming_the_file_and_images_stay_untouched(tmp_path, tin
         assert not (work / "results/input_list.txt").exists()
         assert not (work / "results/raw/broken.jpg.raw").exists()
 
-        skipped = snakemake(work, {"images": str(tiny_images), "on_bad_image": "skip", **ALL_CALIBRATION}, LIST)
+        skipped = snakemake(work, {"images": str(tiny_images), "on_bad_image": "skip", **ALL_CALIBRATION}, LIST,
+                            "results/reports/skipped_images.tsv")
         assert jobs_run(skipped)["input_list"] == 1
         assert len(listed(work)) == 4
         report = (work / "results/reports/skipped_images.tsv").read_text().splitlines()
-        assert report[1].startswith("broken.jpg\tnot a decodable image")
+        assert report[1].startswith("broken.jpg\tcalibration\tnot a decodable image")
         assert tree_snapshot(tiny_images) == before
     finally:
         for p in [tiny_images, *tiny_images.rglob("*")]:

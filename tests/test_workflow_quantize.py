@@ -12,6 +12,7 @@ from onnx import numpy_helper
 import pytest
 
 from conftest import jobs_run, snakemake, write_jpeg
+from qcal.detections import output_sqnr
 from qcal.stats import load_stats
 from qcal.synthetic import build_tiny
 from test_model_checks import fake_tool
@@ -36,7 +37,8 @@ def project(tmp_path):
 def test_quantize_end_to_end(project):
     tmp_path, images, model, config = project
     work = tmp_path / "work"
-    config["quantization"] = {"method": "minmax"}  # SNPE tf: the input's range is exactly [0, max pixel]
+    # SNPE tf: the input's range is exactly [0, max pixel]; 8-bit weights, as ONNX Runtime's default below
+    config["quantization"] = {"method": "minmax", "reduce_range": False}
     done = snakemake(work, config, "quantize")
     ran = jobs_run(done)
     assert ran["raw"] == 7 and ran["calibrate_shard"] == 3 and ran["quantize_model"] == 1
@@ -48,6 +50,15 @@ def test_quantize_end_to_end(project):
     out = session.run(None, {"images": x})[0]
     reference = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
     assert out.shape == reference.shape and np.isfinite(out).all()
+    # On the calibration images the int8 model is as close to the float one as ONNX Runtime's own MinMax
+    # quantization of the same model from the same images (this random tiny model is hard to quantize).
+    inputs = calibration_inputs(work)
+    info = json.loads((work / "results/model/model_info.json").read_text())
+    peer = ort_minmax(work / "results/model/prepared.onnx", inputs, info["tail_nodes"], work / "ort.onnx")
+    outputs = {name: np.concatenate([ort.InferenceSession(str(path)).run(None, {"images": x})[0] for x in inputs])
+               for name, path in (("float", model), ("qcal", quantized), ("ort", peer))}
+    ours, theirs = (output_sqnr(outputs["float"], outputs[name]) for name in ("qcal", "ort"))
+    assert all(ours[group] >= theirs[group] - 0.5 for group in ("boxes", "objectness", "classes")), (ours, theirs)
 
     summary = json.loads((work / "results/quantize_summary.json").read_text())
     tail = summary["decode_tail"]
@@ -87,6 +98,28 @@ def test_quantize_end_to_end(project):
         assert all(e["bitwidth"] == 32 for e in encodings["param_encodings"][bias])
 
 
+def ort_minmax(prepared: Path, inputs: list[np.ndarray], exclude: list[str], out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(inputs)
+
+        def get_next(self):
+            x = next(self.left, None)
+            return None if x is None else {"images": x}
+
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    return out
+
+
+def calibration_inputs(work: Path) -> list[np.ndarray]:
+    """The listed raws as NCHW float batches of one."""
+    return [np.fromfile(line, np.float32).reshape(1, SIZE, SIZE, 3).transpose(0, 3, 1, 2).copy()
+            for line in (work / "results/input_list.txt").read_text().split()]
+
+
 def test_editing_one_image_reruns_one_shard_and_method_change_reuses_statistics(project):
     tmp_path, images, model, config = project
     work = tmp_path / "work"
@@ -94,7 +127,7 @@ def test_editing_one_image_reruns_one_shard_and_method_change_reuses_statistics(
     write_jpeg(images / "img3.jpg", 70, 70, seed=99)
     edited = jobs_run(snakemake(work, config, "quantize"))
     assert edited == {"raw": 1, "input_list": 1, "calibrate_shard": 1, "merge_calibration": 1, "ranges": 1,
-                      "quantize_model": 1, "coverage": 1, "quantize": 1}
+                      "quantize_model": 1, "coverage": 1, "image_reports": 1, "quantize": 1}
     config["quantization"] = {"method": "percentile", "percentile": 99.9}
     changed = jobs_run(snakemake(work, config, "quantize"))
     assert changed == {"ranges": 1, "quantize_model": 1, "quantize": 1}
@@ -170,7 +203,7 @@ def test_temporary_raws_are_deleted_after_calibration_and_a_rerun_does_nothing(p
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-@pytest.mark.parametrize("tail", ["int16", "quantize"])
+@pytest.mark.parametrize("tail", ["int16", "int8"])
 def test_decode_tail_in_16_bit_or_quantized_when_asked(project, tail):
     tmp_path, images, model, config = project
     work = tmp_path / "work"
@@ -180,7 +213,6 @@ def test_decode_tail_in_16_bit_or_quantized_when_asked(project, tail):
     inits = {t.name: t for t in q.graph.initializer}
     tail_quantizers = [n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in set(info["tail_tensors"])]
     assert len(tail_quantizers) > len(info["head_nodes"])  # the decode arithmetic, not only the heads
-    assert tail_quantizers, "the tail was left in float"
     zero_point_types = {inits[n.input[2]].data_type for n in tail_quantizers}
     expected = onnx.TensorProto.UINT16 if tail == "int16" else onnx.TensorProto.UINT8
     assert zero_point_types == {expected}
@@ -189,3 +221,24 @@ def test_decode_tail_in_16_bit_or_quantized_when_asked(project, tail):
     assert np.isfinite(out).all()
     summary = json.loads((work / "results/quantize_summary.json").read_text())
     assert summary["decode_tail"]["kept"] == tail
+
+
+def test_gpu_target_ships_the_float_model_its_encodings_and_what_the_gpu_will_run(project):
+    tmp_path, images, model, config = project
+    work = tmp_path / "work"
+    done = snakemake(work, dict(config, target={"runtime": "gpu"}, evaluation={"holdout": 0.3}), "all")
+    assert not (work / "results/model_quantized.onnx").exists()  # only a step: the GPU runs float
+    assert (work / "results/encodings.json").exists() and (work / "results/encodings-1.0.0.json").exists()
+    dequantized = onnx.load(work / "results/model_weights_dequantized.onnx")
+    assert not [n for n in dequantized.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    weights = {t.name: numpy_helper.to_array(t) for t in dequantized.graph.initializer}
+    conv = next(n for n in dequantized.graph.node if n.op_type == "Conv")
+    w = weights[conv.input[1]]
+    assert all(len(np.unique(channel)) <= 256 for channel in w)  # int8-rounded, per output channel
+    original = {t.name: numpy_helper.to_array(t) for t in onnx.load(work / "results/model/prepared.onnx").graph.initializer}
+    w_float = original[conv.input[1].removesuffix("_DequantizeLinear_Output")] if conv.input[1] not in original \
+        else original[conv.input[1]]
+    assert np.abs(w - w_float).max() <= np.abs(w_float).max() / 127  # within one step of the int8 grid
+    output = done.stdout + done.stderr
+    assert "target gpu: SNPE/QNN's GPU runtime runs float" in output
+    assert json.loads((work / "results/reports/accuracy.json").read_text())["backends"]["cpu"]

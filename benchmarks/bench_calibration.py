@@ -9,12 +9,6 @@ into qcal raws (NHWC float32, letterboxed), for every N given:
   ORT MinMax      onnxruntime.quantization.quantize_static, CalibrationMethod.MinMax, QDQ, per_channel,
                   QUInt8/QInt8, a CalibrationDataReader reading the same raws as NCHW float32 one by one;
   ORT Percentile  the same with CalibrationMethod.Percentile (keeps every image's activations in memory);
-  qcal + fixes    (reference; --tools to drop it) qcal's loop with the changes this benchmark suggests
-                  (benchmarks/calib_proposed.py; --fixes, default ABD: A zero-copy outputs, B derived tensors'
-                  stats merged instead of recomputed, C next image's inference overlapped with statistics,
-                  D a one-pass compiled histogram kernel, used only if numba imports -- run this side with
-                  --proposed-python PY of an environment that has numba): the same statistics. A prototype,
-                  not qcal's code: the goals are judged on the "qcal" rows only.
 
 Every side runs in its own child process (benchmarks/calib_child.py): wall time and CPU come from the
 parent, peak RSS from os.wait4() for that child alone. Each child runs under an address-space limit
@@ -33,8 +27,6 @@ Threads: quantize_static gives its calibration session ONNX Runtime's default th
 core); qcal runs with --threads (default: every usable core, the same). In the workflow each shard job
 uses calibration.threads (default 1) and shards run in parallel, so CPU seconds per image are printed
 too. Other processes' CPU use during each run is shown as "other" (cores); rows above 0.15 get a "!".
-
-A profile of where qcal's per-image time goes follows (benchmarks/calib_profile.py; --no-profile to skip).
 
     .venv/bin/python benchmarks/bench_calibration.py --images 10 30 --size 640
 """
@@ -56,7 +48,7 @@ from calib_common import (Run, bench_env, flag, machine_facts, mem_available_mb,
                           timed)
 from make_images import make_images  # noqa: E402
 
-TOOLS = {"qcal": "qcal (histograms)", "qcal-proposed": "qcal + fixes", "ort-minmax": "ORT MinMax",
+TOOLS = {"qcal": "qcal (histograms)", "ort-minmax": "ORT MinMax",
          "ort-percentile": "ORT Percentile"}
 GOAL_RSS_MB = 1500.0     # "< 1.5 GB"; GB = 10^9 bytes is 1430 MiB: both are printed
 GOAL_PER_IMAGE_RATIO = 1.5
@@ -125,13 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-limit-gb", type=float, default=20.0, help="RLIMIT_AS for every child, GB")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per child before it is killed")
     parser.add_argument("--bins", type=int, default=4096, help="qcal histogram_bins")
-    parser.add_argument("--fixes", default="ABD", help="fixes applied by the 'qcal + fixes' side (A B C D)")
-    parser.add_argument("--proposed-python", default=sys.executable,
-                        help="interpreter for the 'qcal + fixes' side and the profile (e.g. one with numba, same "
-                             "onnxruntime/numpy versions; qcal is put on its PYTHONPATH)")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="profile qcal's per-image calibration time (benchmarks/calib_profile.py)")
-    parser.add_argument("--profile-images", type=int, default=None, help="images for the profile (default: min N)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -163,9 +148,8 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
             prepared: Path, input_name: str, layout: str, listing: Path) -> int:
     logs = tmp / "logs"
     logs.mkdir()
-    child_env = dict(env)  # qcal importable from another interpreter too (--proposed-python)
+    child_env = dict(env)
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent / "scripts"), env.get("PYTHONPATH")]))
-    TOOLS["qcal-proposed"] = f"qcal + fixes {'+'.join(sorted(set(args.fixes.upper())))}"
     results: dict[tuple[str, int], tuple[Run, dict]] = {}
     limits: dict[tuple[str, int], float] = {}
     step = 0
@@ -178,11 +162,10 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
                 limit_mb = min(args.mem_limit_gb * 1e9 / MiB, mem_available_mb() - 1024)
                 limits[tool, n] = limit_mb
                 note(f"{TOOLS[tool]}, {n} images (run {rep + 1}/{args.repeat}; RLIMIT_AS {limit_mb / 1024:.1f} GiB)")
-                python = args.proposed_python if tool == "qcal-proposed" else sys.executable
-                cmd = [python, str(HERE / "calib_child.py"), tool, "--model", str(prepared),
+                cmd = [sys.executable, str(HERE / "calib_child.py"), tool, "--model", str(prepared),
                        "--raws", str(listing), "--count", str(n), "--out", str(out), "--threads", str(threads),
                        "--bins", str(args.bins), "--height", str(size[0]), "--width", str(size[1]),
-                       "--layout", layout, "--input", input_name, "--fixes", args.fixes]
+                       "--layout", layout, "--input", input_name]
                 run = timed(cmd, logs / f"{step:03d}_{tool}_{n}.log", env=child_env,
                             mem_limit_bytes=int(limit_mb * MiB), timeout=args.timeout)
                 runs.append((run, child_json(run)))
@@ -219,9 +202,6 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
         parts = [f"N={n}: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()) for n, t in timings.items() if t]
         if parts:
             print(f"  {TOOLS[tool]} phases (s): " + "; ".join(parts))
-        kernel = results[tool, counts[0]][1].get("kernel")
-        if kernel:
-            print(f"  {TOOLS[tool]}: histogram kernel {kernel}; interpreter {args.proposed_python}")
 
     # ---- per image, start-up removed ------------------------------------------------------------------------
     n1, n2 = counts[0], counts[-1]
@@ -242,7 +222,7 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
         startup = r1.wall - n1 * wall
         print(f"  {TOOLS[tool]:<18} {wall:12.3f} {cpu:12.3f} {loop:13.3f} {startup:11.2f}"
               + ("  (negative: cost per image grows with N)" if startup < 0 else ""))
-    for tool in ("qcal", "qcal-proposed"):
+    for tool in ("qcal",):
         if tool in per_image and "ort-minmax" in per_image:
             r1q, r2q = results[tool, n1][0], results[tool, n2][0]
             r1m, r2m = results["ort-minmax", n1][0], results["ort-minmax", n2][0]
@@ -274,11 +254,6 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
     elif "qcal" in args.tools and "ort-minmax" in args.tools:
         verdicts.append(False)
         print("  qcal per-image time <= 1.5x ORT MinMax's: n/a (a run failed)")
-    if "qcal-proposed" in per_image and "ort-minmax" in per_image:
-        rss = max(results["qcal-proposed", n][0].maxrss_mb for n in counts)
-        cpu_ratio = per_image_cpu["qcal-proposed"] / max(1e-9, per_image_cpu["ort-minmax"])
-        print(f"  (reference) {TOOLS['qcal-proposed']}: wall {per_image['qcal-proposed'] / per_image['ort-minmax']:.2f}x, "
-              f"CPU {cpu_ratio:.2f}x ORT MinMax per image; peak RSS {rss:.0f} MiB")
     if "ort-percentile" in args.tools:
         rss = ", ".join(f"N={n}: " + (f"{results['ort-percentile', n][0].maxrss_mb / 1024:.1f} GiB"
                                       if results["ort-percentile", n][0].ok else "failed") for n in counts)
@@ -289,17 +264,6 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
               "timings there are pessimistic")
     sys.stdout.flush()
 
-    # ---- profile ----------------------------------------------------------------------------------------------------
-    if args.profile:
-        n_prof = args.profile_images or counts[0]
-        print()
-        note(f"profiling qcal's loop on {n_prof} images")
-        cmd = [args.proposed_python, str(HERE / "calib_profile.py"), "--model", str(prepared), "--raws", str(listing),
-               "--count", str(n_prof), "--threads", str(threads), "--input", input_name, "--layout", layout,
-               "--height", str(size[0]), "--width", str(size[1])]
-        run = timed(cmd, logs / "profile.log", env=child_env)
-        print(f"Profile (benchmarks/calib_profile.py; other processes used {run.other:.2f} cores meanwhile)")
-        print(run.text.rstrip() if run.ok else f"profile failed: {run.failure()}\n{run.text[-2000:]}")
     return 0 if all(verdicts) else 1
 
 

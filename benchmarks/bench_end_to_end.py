@@ -1,7 +1,7 @@
 """Benchmark the whole qcal workflow against doing the same job directly with ONNX Runtime, in one run.
 
 On N generated photo-like JPEGs (benchmarks/make_images.py) and the default model (Darknet's YOLOv3-tiny
-converted to a YOLOv5-style 640x640 detector; config `model: default`, `calibration: {shards: 8}`):
+converted to a YOLOv5-style 640x640 detector; config `model: null` (the default model), `calibration: {shards: 8}`):
 
   (a) qcal cold     `snakemake -s <repo>/Snakefile --directory WORK --configfile CFG --profile
                     <repo>/profiles/default -j JOBS quantize` with no results/ yet. The model is fetched and
@@ -23,7 +23,7 @@ converted to a YOLOv5-style 640x640 detector; config `model: default`, `calibrat
 Goals (from the issue): (a)/(b) <= 1.3; (c)/(a) < 20%; (d) is reported.
 
 With the workflow's defaults qcal's `quantize` also builds raws of the held-out evaluation images and runs
-its accuracy search on them (quantization.max_drop), which the ORT baseline does not do; run with
+its accuracy search on them (search.max_drop), which the ORT baseline does not do; run with
 `--holdout 0 --max-drop null` for exactly the same job on all N images.
 
 Wall and CPU (user+sys of the command and all its descendants) are measured by the parent; "peak RSS"
@@ -37,6 +37,7 @@ run on a few calibration images next to the float model, as a sanity check that 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -144,17 +145,10 @@ def shard_seconds(work: Path) -> str:
 
 
 def calibration_images(work: Path) -> list[str]:
-    """The images qcal calibrated on (relative to the image folder), from its input list: the workflow
+    """The images qcal calibrated on (relative to the image folder), from its raw index: the workflow
     may hold some out for evaluation, and the ORT baseline must calibrate on the same set."""
-    from qcal.images import image_of_stem
-
-    found = []
-    for line in (work / "results" / "input_list.txt").read_text(encoding="utf-8").splitlines():
-        path = line.strip().rpartition(":=")[2]
-        if path:
-            stem = path.split("results/raw/", 1)[1]
-            found.append(image_of_stem(stem[:-len(".raw")]))
-    return found
+    with open(work / "results" / "raw_index.tsv", encoding="utf-8", newline="") as f:
+        return [row["image"] for row in csv.DictReader(f, delimiter="\t")]
 
 
 def seed_package_cache(work: Path) -> str:
@@ -179,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=float, default=None,
                         help="set evaluation.holdout (default: the workflow's own default)")
     parser.add_argument("--max-drop", default=None,
-                        help="set quantization.max_drop ('null' turns the accuracy search off; default: the "
+                        help="set search.max_drop ('null' turns the accuracy search off; default: the "
                              "workflow's own default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-images", type=int, default=5,
@@ -200,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             f"benchmark : {args.images} images, model default (YOLOv3-tiny {SIZE}x{SIZE}), "
             f"calibration.shards {args.shards}, snakemake -j{args.jobs}"
             + (f", evaluation.holdout {args.holdout}" if args.holdout is not None else "")
-            + (f", quantization.max_drop {args.max_drop}" if args.max_drop is not None else ""),
+            + (f", search.max_drop {args.max_drop}" if args.max_drop is not None else ""),
             f"temp dir  : {tmp}"])), flush=True)
         return run_all(args, tmp, env, snakemake)
     finally:
@@ -219,11 +213,11 @@ def run_all(args, tmp: Path, env: dict, snakemake: str) -> int:
     note(f"generating {args.images} JPEGs")
     make_images(images, args.images, args.seed)
     config = tmp / "config.yaml"
-    text = f"images: {json.dumps(str(images))}\nmodel: default\ncalibration:\n  shards: {args.shards}\n"
+    text = f"images: {json.dumps(str(images))}\nmodel: null\ncalibration:\n  shards: {args.shards}\n"
     if args.holdout is not None:
         text += f"evaluation:\n  holdout: {args.holdout}\n"
     if args.max_drop is not None:
-        text += f"quantization:\n  max_drop: {args.max_drop}\n"
+        text += f"search:\n  max_drop: {args.max_drop}\n"
     config.write_text(text)
     cache_note = seed_package_cache(work)
 

@@ -5,8 +5,8 @@ What is compared, on the same generated JPEGs (benchmarks/make_images.py) and th
   plain loop      one `python` process that imports qcal.preprocess and calls image_to_raw() on every
                   image (wall time of the subprocess, so interpreter start is included);
   snakemake cold  `snakemake -s <repo>/Snakefile --configfile CFG -j JOBS results/input_list.txt` in a
-                  fresh work dir: the whole command (start-up, DAG, one `python -m qcal.preprocess` job
-                  per image, the input-list job). The target is the input list rather than `quantize`,
+                  fresh work dir: the whole command (start-up, DAG, one raw job per image, which runs
+                  qcal.preprocess.image_to_raw in Snakemake's own process, and the input-list job). The target is the input list rather than `quantize`,
                   because `quantize` now also fetches/converts a model and calibrates (--target to change);
   no-op re-run    the same command again with nothing changed, at N images and at --noop-images;
   one edit        one JPEG rewritten with different content, then the same command: it must run exactly
@@ -16,9 +16,6 @@ What is compared, on the same generated JPEGs (benchmarks/make_images.py) and th
                   job per image whose Python imports numpy + Pillow -- the design the issue measured at 8.5x;
   touch jobs      (reference, --touch-jobs, on by default) benchmarks/touch/Snakefile: the same DAG whose
                   jobs only `touch` their output, i.e. Snakemake's own cost without any work;
-  alternatives    (--alternatives, off by default) two other designs that keep per-image output files:
-                  benchmarks/alt_threads (image_to_raw in Snakemake's process via `run:` +
-                  --force-use-threads) and benchmarks/alt_batches (one job per stable-hash batch of images).
 
 Goals (from the issue): snakemake cold <= 2.5x the plain loop; no-op re-run of 1,000 images < 3 s.
 
@@ -32,7 +29,7 @@ CPU (in cores, averaged over the run) that processes other than the timed comman
 
 Work dirs live under one temporary folder that is removed at the end (--keep to keep it; raws take
 ~5 MB per image). Timed commands run with this script's Python environment first on PATH, because
-the jobs call `python -m qcal.preprocess`. Medians of --repeat runs are reported.
+the workflow imports qcal. Medians of --repeat runs are reported.
 
     .venv/bin/python benchmarks/bench_raw.py --images 200 --jobs 2 --noop-images 1000
 """
@@ -70,7 +67,12 @@ BUSY_FLAG = 0.15  # cores used by other processes during a run above which the r
 # The plain loop, run as `python -c` so its wall time includes interpreter start and imports.
 PLAIN_LOOP = textwrap.dedent("""
     import inspect, os, sys
-    from qcal.images import find_images, raw_stem
+    from qcal.images import raw_stem
+    try:
+        from qcal.images import scan_images
+        find_images = lambda folder: scan_images(folder).images  # noqa: E731
+    except ImportError:  # a --git-ref snapshot from before scan_images
+        from qcal.images import find_images
     from qcal.preprocess import image_to_raw, resolve_profile
     src, out = sys.argv[1], sys.argv[2]
     profile = resolve_profile("yolov5")
@@ -249,9 +251,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the naive numpy-per-job design (benchmarks/naive)")
     parser.add_argument("--touch-jobs", action=argparse.BooleanOptionalAction, default=True,
                         help="also time Snakemake's own per-job cost (benchmarks/touch)")
-    parser.add_argument("--alternatives", action=argparse.BooleanOptionalAction, default=False,
-                        help="also time benchmarks/alt_threads and benchmarks/alt_batches")
-    parser.add_argument("--batches", type=int, default=16, help="batches for benchmarks/alt_batches")
     parser.add_argument("--snakefile", type=Path, default=REPO / "Snakefile")
     parser.add_argument("--git-ref", help="benchmark this committed revision (e.g. HEAD) instead of the working "
                         "tree, from a `git archive` snapshot in the temp folder")
@@ -349,32 +348,7 @@ def run_all(b: Bench) -> int:
         touch = median_run(runs)
         b.row(f"touch jobs, -j{jobs} (ref)", touch, f"Snakemake alone: {touch.wall / n * 1000:.1f} ms/job")
 
-    # 4. alternative designs that keep per-image outputs
-    alternatives = []
-    if args.alternatives:
-        designs = [("threads", "alt_threads", ["--force-use-threads"], ()),
-                   ("batches", "alt_batches", [], (f"batches={args.batches}",))]
-        for name, folder, extra, config_items in designs:
-            runs = []
-            for i in range(reps):
-                note(f"alternative {name} {i + 1}/{reps}")
-                alt_work = b.fresh_dir(f"alt_{name}")
-                runs.append(b.other_design(HERE / folder / "Snakefile", alt_work, images, f"alt_{name}", *extra,
-                                           config=config_items))
-            alt = median_run(runs)
-            alternatives.append((name, alt))
-            label = f"{name}" + (f" ({args.batches})" if name == "batches" else "")
-            b.row(f"alt: {label}, -j{jobs}", alt, f"{alt.wall / n * 1000:.1f} ms/image; raws vs plain: "
-                  f"{b.same_raws(plain_out, alt_work / 'results' / 'raw')}")
-            edit_images(images, 1)
-            alt_edit = b.other_design(HERE / folder / "Snakefile", alt_work, images, f"alt_{name}_edit", *extra,
-                                      config=config_items)
-            edit_images(images, 0)
-            ran = {k: v for k, v in alt_edit.job_stats.items() if k != "all"}
-            b.row(f"alt: {label}, {len(edited)} edited", alt_edit, ", ".join(f"{k} {v}" for k, v in ran.items()))
-            shutil.rmtree(alt_work)
-
-    # 5. the large set: cold (needed anyway to have something to re-run), plain loop, no-op
+    # 4. the large set: cold (needed anyway to have something to re-run), plain loop, no-op
     m, noop_m, plain_m, cold_m = args.noop_images, None, None, None
     if m:
         for name in ("plain", f"qcal_{n}"):  # free disk first: ~5 MB per raw
@@ -434,8 +408,6 @@ def run_all(b: Bench) -> int:
         print(f"  snakemake cold / naive numpy jobs  {cold.wall / naive.wall:6.2f}x")
     if touch:
         print(f"  touch jobs / plain loop            {touch.wall / plain.wall:6.2f}x   (Snakemake alone, no work)")
-    for name, alt in alternatives:
-        print(f"  {f'alt {name} / plain loop':<33}  {alt.wall / plain.wall:6.2f}x   (alternative design)")
     print("\nno-op and incremental")
     print(f"  no-op re-run, {n} images            {noop_n.wall:6.2f} s")
     if noop_m:

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def bench_env(scripts_dir: Path | None = None) -> dict[str, str]:
-    """os.environ with this Python's bin folder first on PATH (jobs run `python -m qcal...`) and, for a
+    """os.environ with this Python's bin folder first on PATH (the workflow imports qcal) and, for a
     snapshot, PYTHONPATH pointing at its scripts/ so `import qcal` finds the snapshot rather than the
     editable install (a plain .pth entry, which PYTHONPATH precedes)."""
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))

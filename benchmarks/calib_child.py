@@ -1,12 +1,10 @@
 """One side of bench_calibration.py, run in a fresh process so its wall time, CPU and peak RSS are its own.
 
-    python benchmarks/calib_child.py qcal|qcal-proposed|ort-minmax|ort-percentile --model PREPARED.onnx \
+    python benchmarks/calib_child.py qcal|ort-minmax|ort-percentile --model PREPARED.onnx \
         --raws LIST.txt --count N --out DIR [--threads T] [--layout NCHW] [--input images]
 
 qcal            qcal.calibrate.calibrate() over the first N raws (mergeable histograms of every float
                 tensor), then save_stats() -- exactly what one calibrate_shard job does;
-qcal-proposed   the same with benchmarks/calib_proposed.calibrate() (the suggested faster loop; same stats),
-                with --fixes (default ABD; C = overlap) and the numba histogram kernel (D) when importable;
 ort-minmax      onnxruntime.quantization.quantize_static(CalibrationMethod.MinMax), QDQ, per_channel,
                 QUInt8 activations / QInt8 weights, fed by a CalibrationDataReader that reads the same raws
                 (NHWC float32 -> NCHW float32 [1,3,H,W]) one at a time;
@@ -40,36 +38,19 @@ def read_nchw(path: str, height: int, width: int, layout: str):
 
 
 def run_qcal(args, raws: list[str], timings: dict) -> dict:
-    extra = {}
-    if args.tool == "qcal-proposed":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import functools
-
-        from calib_proposed import calibrate, install_fast_histogram
-        fixes = set(args.fixes.upper())
-        timings["kernel_install"] = 0.0
-        kernel = "numpy"
-        if "D" in fixes:
-            t = time.perf_counter()
-            kernel = install_fast_histogram()
-            timings["kernel_install"] = time.perf_counter() - t
-        calibrate = functools.partial(calibrate, zero_copy="A" in fixes, skip_derived="B" in fixes,
-                                      overlap="C" in fixes)
-        extra = {"fixes": "".join(sorted(fixes)), "kernel": kernel}
-    else:
-        from qcal.calibrate import calibrate
+    from qcal.calibrate import calibrate
     from qcal.preprocess import resolve_profile
+    from qcal.raws import InputSpec
     from qcal.stats import save_stats
 
     timings["imports"] = time.perf_counter() - T0
-    profile = resolve_profile("yolov5", {"height": args.height, "width": args.width})
-    stats, meta = calibrate(args.model, raws, profile, args.input, args.layout, threads=args.threads,
-                            max_bins=args.bins)
+    spec = InputSpec(resolve_profile("yolov5", {"height": args.height, "width": args.width}), args.input, args.layout)
+    stats, meta = calibrate(args.model, raws, spec, threads=args.threads, max_bins=args.bins)
     t = time.perf_counter()
     save_stats(os.path.join(args.out, "stats.npz"), stats, meta)
     timings["save"] = time.perf_counter() - t
     timings["loop"] = meta["seconds"]  # calibrate()'s own timer: the per-image loop only
-    return {"tensors": meta["tensors"], "images": meta["images"], **extra}
+    return {"tensors": meta["tensors"], "images": meta["images"]}
 
 
 def run_ort(args, raws: list[str], timings: dict, method: str) -> dict:
@@ -113,14 +94,13 @@ def run_ort(args, raws: list[str], timings: dict, method: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tool", choices=["qcal", "qcal-proposed", "ort-minmax", "ort-percentile"])
+    parser.add_argument("tool", choices=["qcal", "ort-minmax", "ort-percentile"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--raws", required=True, help="file with one raw path per line")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--out", required=True, help="folder for the tool's output")
     parser.add_argument("--threads", type=int, default=1, help="qcal: ONNX Runtime intra-op threads")
     parser.add_argument("--bins", type=int, default=4096, help="qcal: histogram_bins")
-    parser.add_argument("--fixes", default="ABD", help="qcal-proposed: which of the fixes A B C D to apply")
     parser.add_argument("--height", type=int, default=640)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--layout", default="NCHW", help="the model's input layout")

@@ -116,7 +116,7 @@ def job_stats(text: str) -> dict[str, int]:
 
 
 def bench_env() -> dict[str, str]:
-    """This interpreter's environment with its bin folder first on PATH (jobs call `python -m qcal...`)."""
+    """This interpreter's environment with its bin folder first on PATH (the workflow imports qcal)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.pop("PYTHONDONTWRITEBYTECODE", None)

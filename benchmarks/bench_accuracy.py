@@ -224,6 +224,9 @@ def quantize_ort(v: Variant, prepared: Path, info: ModelInfo, calibration: list[
         def __len__(self) -> int:
             return len(calibration)
 
+        def set_range(self, start_index: int, end_index: int) -> None:  # CalibStridedMinMax reads in strides
+            self.left = iter(calibration[start_index:end_index])
+
         def get_next(self):
             item = next(self.left, None)
             return None if item is None else {spec.input_name: spec.read(item.raw)}

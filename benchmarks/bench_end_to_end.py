@@ -24,7 +24,9 @@ Goals (from the issue): (a)/(b) <= 1.3; (c)/(a) < 20%; (d) is reported.
 
 With the workflow's defaults qcal's `quantize` also builds raws of the held-out evaluation images and runs
 its accuracy search on them (search.max_drop), which the ORT baseline does not do; run with
-`--holdout 0 --max-drop null` for exactly the same job on all N images.
+`--holdout 0 --max-drop null` for exactly the same job on all N images. The default target (htp, w8a16)
+also checks every node on the HTP simulator and compiles a context binary, which the peer does not;
+`--runtime cpu` makes qcal's job w8a8 for ONNX Runtime's CPU, the peer's own job.
 
 Wall and CPU (user+sys of the command and all its descendants) are measured by the parent; "peak RSS"
 is the largest single process of the command's tree (os.wait4). "other" is the CPU (cores, averaged)
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-drop", default=None,
                         help="set search.max_drop ('null' turns the accuracy search off; default: the "
                              "workflow's own default)")
+    parser.add_argument("--runtime", default=None,
+                        help="set target.runtime (default: the workflow's own, htp, which also checks the model "
+                             "on the HTP simulator and compiles a context binary; cpu is the peer's own job)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-images", type=int, default=5,
                         help="images to run both quantized models on (sanity check; 0 to skip)")
@@ -218,6 +223,8 @@ def run_all(args, tmp: Path, env: dict, snakemake: str) -> int:
         text += f"evaluation:\n  holdout: {args.holdout}\n"
     if args.max_drop is not None:
         text += f"search:\n  max_drop: {args.max_drop}\n"
+    if args.runtime is not None:
+        text += f"target:\n  runtime: {args.runtime}\n"
     config.write_text(text)
     cache_note = seed_package_cache(work)
 

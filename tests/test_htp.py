@@ -92,7 +92,8 @@ def test_w8a8_with_16_bit_layers_is_taken_whole_by_the_htp(project):
     root, config = project
     work = root / "mixed"
     config = dict(config, quantization={"activations": "int8", "tail": "int16"},
-                  search={"max_drop": 0.0, "max_steps": 2, "calibration_images": 3})
+                  search={"max_drop": 0.0, "max_steps": 2, "calibration_images": 3},
+                  evaluation={"holdout": 0.5, "search_share": 0.8})  # 4 of the 10 images for the search
     done = snakemake(work, config, "quantize")
     summary = json.loads((work / "results/quantize_summary.json").read_text())
     assert summary["activations"].startswith("uint8") and len(summary["search"]["steps"]) >= 2

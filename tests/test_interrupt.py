@@ -4,6 +4,7 @@ with the same results as an uninterrupted run: nothing half-written is trusted."
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,15 +75,20 @@ def assert_same_results(work: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, marker, delay", [
-    ("raw", "rule raw:", 0.5),
-    ("calibration", "rule calibrate_shard:", 1.0),
-    ("quantization", "rule quantize_model:", 2.0),
+@pytest.mark.parametrize("stage, marker, delays", [
+    ("raw", "rule raw:", (0.5, 0.1)),
+    ("calibration", "rule calibrate_shard:", (1.0, 0.3, 0.05)),
+    ("quantization", "rule quantize_model:", (1.0, 0.3, 0.05, 0.0)),
 ])
-def test_killed_run_resumes_to_the_same_results(project, tmp_path, stage, marker, delay):
+def test_killed_run_resumes_to_the_same_results(project, tmp_path, stage, marker, delays):
     root, config = project
     work = tmp_path / "work"
-    run_until(work, config, marker, delay)
+    # How long a stage takes depends on the machine's load: shorter delays until the kill lands inside it.
+    for delay in delays:
+        run_until(work, config, marker, delay)
+        if not (work / "results/encodings.json").exists():
+            break
+        shutil.rmtree(work)
     assert not (work / "results/encodings.json").exists(), f"the run finished before the kill ({stage})"
     # A SIGKILL leaves Snakemake's lock behind; the user unlocks (README), never a silent auto-unlock,
     # which could let two runs write the same files.

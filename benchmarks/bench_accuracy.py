@@ -253,6 +253,9 @@ class Result:
     in_sample: list = field(default_factory=list)     # per fold: the search's own figure
     seconds: float = 0.0
     htp_seconds_per_photo: list = field(default_factory=list)
+    htp_nodes: list = field(default_factory=list)      # per fold: nodes on the HTP with CPU fallback off
+    context_seconds: list = field(default_factory=list)  # per fold: context binary build (SM8650)
+    context_mb: list = field(default_factory=list)
 
 
 def agreement(reference, outputs, items) -> float | None:
@@ -315,7 +318,13 @@ def run(args) -> int:
                 got, _ = cpu_outputs(out, fold_items, spec, Path(tmp) / "unseen.npy", args.threads)
                 unseen_outputs["cpu"][f] = np.array(got)
                 if args.htp and v.on_htp:
-                    from qcal.htp import outputs_on_htp
+                    from qcal.htp import check_on_htp, outputs_on_htp, write_context_binary
+
+                    checked = check_on_htp(out, "57")
+                    result.htp_nodes.append(checked.htp_nodes if checked.ok else f"rejected: {checked.cpu_nodes}")
+                    context = Path(tmp) / "model_ctx.onnx"
+                    result.context_seconds.append(write_context_binary(out, context, "57"))
+                    result.context_mb.append(round(context.stat().st_size / 1e6, 1))
 
                     spec_json = json.dumps({"profile": "yolov5", "settings": {"height": SIZE, "width": SIZE},
                                             "input_name": info.input_name, "layout": info.layout})
@@ -362,6 +371,11 @@ def print_row(r: Result, flush: bool = False) -> None:
 
 
 def print_summary(results: list[Result], fold_sets: list[list[int]]) -> None:
+    for r in results:
+        if r.htp_seconds_per_photo:
+            print(f"HTP simulator, {r.variant.key}: nodes on the HTP per fold {r.htp_nodes}; "
+                  f"{np.mean(r.htp_seconds_per_photo):.1f} s per photo; context binary (SM8650) "
+                  f"{np.mean(r.context_seconds):.1f} s, {np.mean(r.context_mb):.1f} MB")
     print("\n| variant | on | " + " | ".join(f"fold {i + 1}" for i in range(len(fold_sets))) +
           " | fold mean | pooled [90% CI] | float objects | reported (test images) | search in-sample | seconds |")
     for r in results:
@@ -410,7 +424,8 @@ def to_json(r: Result) -> dict:
     return {"variant": r.variant.key, "describe": r.variant.describe, "unseen": r.unseen,
             "pooled": {k: {"map50": v[0], "interval90": v[1], "float_objects": v[2]} for k, v in r.pooled.items()},
             "reported": r.reported, "in_sample": r.in_sample, "seconds": r.seconds,
-            "htp_seconds_per_photo": r.htp_seconds_per_photo}
+            "htp_seconds_per_photo": r.htp_seconds_per_photo, "htp_nodes": r.htp_nodes,
+            "context_seconds": r.context_seconds, "context_mb": r.context_mb}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -326,9 +326,7 @@ def run(args) -> int:
                     result.context_seconds.append(write_context_binary(out, context, "57"))
                     result.context_mb.append(round(context.stat().st_size / 1e6, 1))
 
-                    spec_json = json.dumps({"profile": "yolov5", "settings": {"height": SIZE, "width": SIZE},
-                                            "input_name": info.input_name, "layout": info.layout})
-                    got, timings = outputs_on_htp(out, "57", [i.raw for i in fold_items], spec_json,
+                    got, timings = outputs_on_htp(out, "57", [i.raw for i in fold_items], spec.to_json(),
                                                   Path(tmp) / "htp.npy")
                     unseen_outputs["htp"][f] = np.array(got)
                     result.htp_seconds_per_photo.append(timings["seconds_per_image"])

@@ -104,6 +104,20 @@ def test_w8a8_with_16_bit_layers_is_taken_whole_by_the_htp(project):
     assert jobs_run(done)["context_binary"] == 1
 
 
+def test_the_search_can_score_its_steps_on_the_htp(project):
+    root, config = project
+    work = root / "search-on-htp"
+    config = dict(config, quantization={"activations": "int8"},
+                  search={"max_drop": 0.0, "max_steps": 1, "calibration_images": 3, "backend": "htp"},
+                  evaluation={"holdout": 0.5, "search_share": 0.8, "on_htp": False})
+    snakemake(work, config, "quantize")
+    summary = json.loads((work / "results/quantize_summary.json").read_text())
+    assert len(summary["search"]["steps"]) == 2, summary["search"]
+    log = (work / "results/logs/quantize_model.log").read_text()
+    assert "scored on the HTP simulator (soc_model 57)" in log, log
+    assert json.loads((work / "results/htp/SM8650/check.json").read_text())["ok"]
+
+
 @pytest.mark.parametrize("target", [{"runtime": "htp", "socs": ["QCS6490"]}, {"runtime": "aip"}])
 def test_8_bit_only_targets_leave_no_float_node_and_no_16_bit_tensor(project, target):
     root, config = project

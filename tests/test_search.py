@@ -140,7 +140,7 @@ class ScriptedImages:
         monkeypatch.setattr(loop, "quantize_model", recording)
         monkeypatch.setattr(loop, "SearchImages", cls)
 
-    def score(self, quantized, indices=None) -> Score:
+    def score(self, quantized, indices=None, backend=None) -> Score:
         changed = type(self).built[-1]
         if indices is not None:
             type(self).ranked_on.append(list(indices))
@@ -225,7 +225,7 @@ def test_a_layer_stays_out_of_int8_only_if_it_helps_on_both_halves(tiny_search, 
     ScriptedImages.install(monkeypatch, tmp_path / "prepared.onnx")
     score = ScriptedImages.score
 
-    def scored(self, quantized, indices=None):
+    def scored(self, quantized, indices=None, backend=None):
         base = score(self, quantized, indices)
         a, b = per_half(type(self).built[-1])
         return base._replace(agreement=(a + b) / 2, accumulator=HalfAccumulator((a, b), first_half))

@@ -46,6 +46,9 @@ def test_defaults_choose_the_default_photos_model_and_pseudo_labels():
     assert s.target.runtime == "htp" and [soc.name for soc in s.target.socs] == ["SM8650"]
     assert s.target.activations == "int16" and s.target.tail == "float" and not s.search and s.evaluate_on_htp
     assert s.quantization_params["activations"] == "int16" and s.search_params["max_drop"] is None
+    assert s.search_params["backend"] == "cpu" and s.search_params["soc_model"] is None
+    on_htp = settings.load(validated({"search": {"backend": "htp"}, "target": {"socs": ["SM8550", "SM8650"]}}))
+    assert on_htp.search_params["soc_model"] == "43"  # the first SoC's simulator scores the steps
 
 
 def test_label_source_follows_what_is_given(tmp_path):
@@ -64,6 +67,7 @@ def test_label_source_follows_what_is_given(tmp_path):
     ({"raws": "temporary", "quantization": {"backend": "snpe"}}, "raws", "keep them"),
     ({"evaluation": {"images": "/no/eval"}}, "evaluation.images", "does not exist"),
     ({"preprocess": {"profile": "yolov5", "pad_value": 300}}, None, "is greater than the maximum"),
+    ({"target": {"runtime": "cpu"}, "search": {"backend": "htp"}}, "search.backend", "needs target.runtime: htp"),
 ])
 def test_bad_settings_name_the_key(config, key, message):
     with pytest.raises(Exception, match=message) as error:

@@ -4,7 +4,7 @@ is, where the letterbox put it). Every stage that runs the model reads its input
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,11 @@ class InputSpec:
 
     def read(self, raw: str | Path) -> np.ndarray:
         return read_input(raw, self)
+
+    def to_json(self) -> str:
+        """For a child process (qcal.htp): every profile field, so the base profile named does not matter."""
+        return json.dumps({"profile": "yolov5", "settings": asdict(self.profile), "input_name": self.input_name,
+                           "layout": self.layout})
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,8 @@ class Settings:
     def search_params(self) -> dict:
         section = dict(self.config["search"])
         section["precision"] = self.target.search_precision
+        # the simulator of the first SoC scores the steps; its id, not the whole list, is what the model depends on
+        section["soc_model"] = self.target.socs[0].soc_model if section["backend"] == "htp" else None
         if not self.search:
             section["max_drop"] = None
         return section
@@ -176,6 +178,8 @@ def load(config: dict) -> Settings:
                                 quantization["reduce_range"])
     except TargetError as err:
         raise ConfigError(err.key, str(err).split(": ", 1)[1]) from None
+    if config["search"]["backend"] == "htp" and not target.on_htp:
+        raise ConfigError("search.backend", f"htp needs target.runtime: htp (it is {target.runtime})")
     on_htp = evaluation["on_htp"]
     if on_htp is True and not target.on_htp:
         raise ConfigError("evaluation.on_htp", f"needs target.runtime: htp (it is {target.runtime})")

@@ -221,12 +221,15 @@ def quantize_model(input, output, params, threads, log) -> None:
             calibration = [item for item in usable_items(list(input.calibration_raws), list(input.calibration_metas))
                            if item.raw not in seen]
             settings = SearchSettings(max_drop, params.search["precision"], params.search["max_steps"],
-                                      params.search["max_minutes"])
+                                      params.search["max_minutes"], params.search["backend"],
+                                      params.search["soc_model"])
             steps = search(input.model, stats, output.model, options, info, evaluation + calibration,
                            input_spec(params, info), decoder_settings(params.decoder), settings, threads,
                            progress=lambda line: print(f"qcal search: {line}", flush=True))
+            where = "ONNX Runtime's CPU" if settings.backend == "cpu" else \
+                f"the HTP simulator (soc_model {settings.soc_model})"
             search_note = (f"  accuracy search on {len(evaluation)} evaluation and {len(calibration)} calibration "
-                           "images\n" + steps_text(steps, max_drop))
+                           f"images, scored on {where}\n" + steps_text(steps, max_drop))
         quantized = onnx.load(output.model)
         if params.target["int8_only"]:
             problems = int8_only_violations(quantized)
@@ -366,8 +369,7 @@ def evaluate_accuracy(input, output, params, threads, log) -> None:
                                     latency_ms={"float": float_ms, "quantized": quant_ms})
             evaluation.backends["cpu"], evaluation.float_vs_labels = score(reference, quantized, items, decoder, labels,
                                                                            info.is_detector)
-            spec_json = json.dumps({"profile": params.profile, "settings": json.loads(params.profile_settings),
-                                    "input_name": spec.input_name, "layout": spec.layout})
+            spec_json = spec.to_json()
             for soc_name, soc_model in params.htp_socs:
                 lines.append(f"running the quantized model on the HTP simulator ({soc_name}) over {len(items)} images")
                 outputs, timings = outputs_on_htp(input.quant_model, soc_model, [item.raw for item in items], spec_json,

@@ -32,6 +32,8 @@ class SearchSettings:
     precision: str = "int16"  # what a layer leaving int8 becomes: int16 (A16W8) or float
     max_steps: int = 20       # at most this many layers tried
     max_minutes: float = 30.0  # no new step starts after this long (ranking included)
+    backend: str = "cpu"      # where steps are scored: cpu (ONNX Runtime) or htp (the simulator)
+    soc_model: str | None = None  # htp: the SoC simulated
 
 
 def halves(items: list[RawItem]) -> tuple[list[int], list[int]]:
@@ -59,7 +61,7 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
     model = onnx.load(str(prepared))
     with tempfile.TemporaryDirectory(prefix="qcal-search-") as tmp:
         current, ranges = Path(tmp) / "step.onnx", Path(tmp) / "ranges.json"
-        images = SearchImages(prepared, items, spec, decoder, tmp, threads)
+        images = SearchImages(prepared, items, spec, decoder, tmp, threads, settings.backend, settings.soc_model)
         half_a, half_b = halves(items)
 
         def build(step_options: QuantizeOptions) -> None:
@@ -67,9 +69,10 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
             write_ort_ranges(activation_encodings(stats, step_options, info.tail_tensors, info.preactivations), ranges)
             quantize_model(prepared, ranges, current, step_options, info.tail_nodes, info.tail_tensors)
 
-        def quantize(step_options: QuantizeOptions, indices: Sequence[int] | None = None) -> Score:
+        def quantize(step_options: QuantizeOptions, indices: Sequence[int] | None = None,
+                     backend: str | None = None) -> Score:
             build(step_options)
-            return images.score(current, indices)
+            return images.score(current, indices, backend)
 
         def out_of_time() -> bool:
             return time.monotonic() - started > 60 * settings.max_minutes
@@ -84,12 +87,17 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
             # model gets most wrong. Images it already gets right cannot show which layer fixes a detection
             # (measured: on images spread evenly, the layer whose step gained most agreement ranked last).
             hard = hardest(first.detection_errors, RANKING_IMAGES)
-            base_db = first.confidence_db(hard)
+            if settings.backend == "cpu":
+                base_db = first.confidence_db(hard)
+            else:  # the layers' effects are measured on the CPU (below), so their baseline is too
+                base_db = images.score(current, hard, "cpu").confidence_db()
             effect = {}
             for layer in layers:
                 if out_of_time():
                     break
-                effect[layer] = quantize(layer_change(model, layer, precision, options), hard).confidence_db() - base_db
+                # ranking only orders the layers, so it runs on the CPU even when steps are scored on the HTP
+                effect[layer] = quantize(layer_change(model, layer, precision, options), hard,
+                                         "cpu").confidence_db() - base_db
             progress(f"ranked {len(effect)} of {len(layers)} layers by their effect on the {len(hard)} hardest images")
             kept_options, kept_halves, built_kept = options, steps[0].halves, True
             for layer in sorted(effect, key=lambda name: -effect[name])[:settings.max_steps]:

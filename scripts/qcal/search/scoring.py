@@ -41,11 +41,13 @@ class SearchImages:
     scored against. Each step then runs only the quantized model."""
 
     def __init__(self, prepared: str | Path, items: list[RawItem], spec: InputSpec, decoder: DecoderSettings,
-                 folder: str | Path, threads: int = 1) -> None:
+                 folder: str | Path, threads: int = 1, backend: str = "cpu", soc_model: str | None = None) -> None:
         self.items, self.spec, self.decoder, self.threads = items, spec, decoder, threads
+        self.backend, self.soc_model, self.folder = backend, soc_model, Path(folder)
         self.outputs: np.ndarray | None = None
         self.truth: list[Detections] = []
-        for i, y in self._run(prepared, range(len(items))):
+        # the float model is the truth on every backend: it runs on the CPU (the HTP runs quantized models only)
+        for i, y in self._run_on_cpu(prepared, range(len(items))):
             if self.outputs is None:
                 self.outputs = np.lib.format.open_memmap(Path(folder) / "float_outputs.npy", mode="w+",
                                                          dtype=np.float32, shape=(len(items), *y.shape))
@@ -53,18 +55,31 @@ class SearchImages:
             self.truth.append(scale_detections(decode(y, decoder.conf_threshold, decoder.iou_threshold),
                                                items[i].letterbox))
 
-    def _run(self, model: str | Path, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    def _run_on_cpu(self, model: str | Path, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         run = runner(cpu_session(model, self.threads))
         for i in indices:
             yield i, run(self.spec.read(self.items[i].raw))
 
-    def score(self, quantized: str | Path, indices: Sequence[int] | None = None) -> Score:
-        """A quantized model against the float model, on every image or on those at `indices`."""
+    def _run(self, model: str | Path, indices: Sequence[int], backend: str) -> Iterator[tuple[int, np.ndarray]]:
+        """The quantized model's outputs on a backend."""
+        if backend == "cpu":
+            yield from self._run_on_cpu(model, indices)
+            return
+        from qcal.htp import outputs_on_htp
+
+        indices = list(indices)
+        outputs, _ = outputs_on_htp(model, self.soc_model, [self.items[i].raw for i in indices], self.spec.to_json(),
+                                    self.folder / "htp_outputs.npy")
+        yield from zip(indices, np.array(outputs))
+
+    def score(self, quantized: str | Path, indices: Sequence[int] | None = None, backend: str | None = None) -> Score:
+        """A quantized model against the float model, on every image or on those at `indices`, on the
+        search's backend unless another is named."""
         indices = range(len(self.items)) if indices is None else indices
         conf = self.decoder.conf_threshold
         agreement = APAccumulator()
         signal, noise, errors = [], [], []
-        for i, y in self._run(quantized, indices):
+        for i, y in self._run(quantized, indices, backend or self.backend):
             truth = self.truth[i]
             agreement.add(scale_detections(decode(y, LOW_CONF, self.decoder.iou_threshold), self.items[i].letterbox),
                           truth.boxes, truth.classes)

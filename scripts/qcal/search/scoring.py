@@ -49,7 +49,7 @@ class SearchImages:
         # the float model is the truth on every backend: it runs on the CPU (the HTP runs quantized models only)
         for i, y in self._run_on_cpu(prepared, range(len(items))):
             if self.outputs is None:
-                self.outputs = np.lib.format.open_memmap(Path(folder) / "float_outputs.npy", mode="w+",
+                self.outputs = np.lib.format.open_memmap(self.folder / "float_outputs.npy", mode="w+",
                                                          dtype=np.float32, shape=(len(items), *y.shape))
             self.outputs[i] = y
             self.truth.append(scale_detections(decode(y, decoder.conf_threshold, decoder.iou_threshold),
@@ -70,7 +70,7 @@ class SearchImages:
         indices = list(indices)
         outputs, _ = outputs_on_htp(model, self.soc_model, [self.items[i].raw for i in indices], self.spec.to_json(),
                                     self.folder / "htp_outputs.npy")
-        yield from zip(indices, np.array(outputs))
+        yield from zip(indices, outputs)  # rows of the memory map: one image in memory at a time
 
     def score(self, quantized: str | Path, indices: Sequence[int] | None = None, backend: str | None = None) -> Score:
         """A quantized model against the float model, on every image or on those at `indices`, on the

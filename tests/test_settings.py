@@ -35,6 +35,18 @@ def test_command_line_strings_become_the_schema_types():
                                       "activations": "int16"}
     assert config["search"]["max_drop"] is None and config["evaluation"] == {"images": None, "holdout": 0.0}
     assert settings.coerce_to_schema({"preprocess": {"height": "tall"}}, SCHEMA) == {"preprocess": {"height": "tall"}}
+    # a key that takes a number or a word (anyOf in the schema)
+    assert settings.coerce_to_schema({"search": {"threads": "3"}}, SCHEMA) == {"search": {"threads": 3}}
+    assert settings.coerce_to_schema({"search": {"threads": "auto"}}, SCHEMA) == {"search": {"threads": "auto"}}
+
+
+def test_auto_threads_are_the_cores_this_process_may_use():
+    import os
+
+    assert settings.load(validated({})).threads("search") == len(os.sched_getaffinity(0))
+    assert settings.load(validated({"evaluation": {"threads": 3}})).threads("evaluation") == 3
+    with pytest.raises(Exception, match="threads"):
+        validated({"search": {"threads": 0}})
 
 
 def test_defaults_choose_the_default_photos_model_and_pseudo_labels():

@@ -3,6 +3,7 @@ can saturate (its documentation's advice: 7-bit weights, reduce_range), elsewher
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -32,3 +33,9 @@ def weight_bits_for(machine: str, flags: set[str]) -> tuple[int, str]:
 
 def auto_weight_bits() -> tuple[int, str]:
     return weight_bits_for(platform.machine(), cpu_flags())
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container or a SLURM allocation may give
+    fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from qcal.cpu import usable_cores
 from qcal.errors import QcalError
 from qcal.preprocess import Profile, resolve_profile
 from qcal.targets import Target, TargetError
@@ -34,8 +35,9 @@ def _types(schema: dict) -> list[str]:
 def _coerce_scalar(value: str, schema: dict) -> Any:
     """A string from `--config key='{...}'` (Snakemake parses nested values with YAML's BaseLoader, so
     every scalar arrives as a string) as the type the schema asks for; unchanged when none fits."""
-    kinds = _types(schema)
-    candidates = list(schema.get("enum", []))
+    alternatives = [schema] + list(schema.get("anyOf", []))
+    kinds = [kind for alternative in alternatives for kind in _types(alternative)]
+    candidates = [c for alternative in alternatives for c in alternative.get("enum", [])]
     if "null" in kinds or None in candidates:
         if value in _NULLS:
             return None
@@ -123,6 +125,11 @@ class Settings:
 
     def section(self, name: str) -> dict:
         return dict(self.config[name])
+
+    def threads(self, name: str) -> int:
+        """A section's `threads`, with auto as this machine's usable cores (Snakemake caps it at --cores)."""
+        value = self.config[name]["threads"]
+        return usable_cores() if value == "auto" else value
 
 
 DEFAULT_IMAGE_FOLDER = "resources/images"

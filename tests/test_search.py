@@ -22,7 +22,7 @@ from qcal.raws import InputSpec, RawItem
 from qcal.report.quantize import steps_text
 from qcal.search.layers import layer_nodes
 from qcal.search.loop import RANKING_IMAGES, SearchSettings, search
-from qcal.search.scoring import Score, SearchImages, hardest
+from qcal.search.scoring import Score, SearchImages, hardest, joined
 from qcal.search.steps import final_agreement, layers_kept
 from qcal.synthetic import build_tiny
 
@@ -123,14 +123,15 @@ class ScriptedImages:
     def __init__(self, *args, **kwargs) -> None:
         pass
 
-    ranked_on: list[list[int]] = []  # the image indices of every partial scoring
+    ranked_on: list[list[int]] = []  # the image indices of every ranking scoring
+    step_scorings: list[int] = []     # the build number of every scoring on the search's backend
 
     @classmethod
     def install(cls, monkeypatch, prepared) -> None:
         from qcal.search import loop
 
         cls.convs = [n.name for n in onnx.load(prepared).graph.node if n.op_type == "Conv"]
-        cls.built, cls.ranked_on = [], []
+        cls.built, cls.ranked_on, cls.step_scorings = [], [], []
         build = loop.quantize_model
 
         def recording(prepared, ranges, out, options, *rest):
@@ -139,11 +140,15 @@ class ScriptedImages:
 
         monkeypatch.setattr(loop, "quantize_model", recording)
         monkeypatch.setattr(loop, "SearchImages", cls)
+        # one Score over every image from a step's two halves: the scripted Score of every image
+        monkeypatch.setattr(loop, "joined", lambda parts: cls.score(cls(), None, None, "joined"))
 
     def score(self, quantized, indices=None, backend=None) -> Score:
         changed = type(self).built[-1]
-        if indices is not None:
+        if backend == "cpu":  # ranking names the CPU; steps are scored on the search's backend
             type(self).ranked_on.append(list(indices))
+        elif backend is None:
+            type(self).step_scorings.append(len(type(self).built))
         n = len(range(RANKING_IMAGES + 8) if indices is None else indices)
         noise = 10.0 ** (-(10.0 + sum(self.gain[layer] for layer in changed)) / 10)  # SQNR 10 dB + gains
         return Score(type(self).agreement(len(changed)), np.ones(n), np.full(n, noise),
@@ -182,7 +187,9 @@ def test_a_layer_that_does_not_help_is_not_kept_and_the_model_keeps_the_others(t
     ScriptedImages.agreement = staticmethod(lambda changed: {0: 0.5, 1: 0.9}.get(changed, 0.7))
     ScriptedImages.install(monkeypatch, tmp_path / "prepared.onnx")
     missed = tiny_search.run(0.0, "float", max_steps=2)
-    assert [s.map50_agreement for s in missed] == [0.5, 0.9, 0.7] and [s.kept for s in missed] == [True, True, False]
+    # step 2's layer is worse on the half scored first: refused without scoring the other half
+    assert [s.map50_agreement for s in missed] == [0.5, 0.9, None] and [s.kept for s in missed] == [True, True, False]
+    assert missed[2].halves.count(None) == 1 and ScriptedImages.step_scorings.count(len(ScriptedImages.built) - 1) == 1
     assert layers_kept(missed) == 1 and final_agreement(missed) == 0.9
     assert changed_layers(tmp_path / "out.onnx") == {missed[1].layer}  # step 1's layer float, step 2's back to int8
     text = steps_text(missed, 0.0)
@@ -226,9 +233,11 @@ def test_a_layer_stays_out_of_int8_only_if_it_helps_on_both_halves(tiny_search, 
     score = ScriptedImages.score
 
     def scored(self, quantized, indices=None, backend=None):
-        base = score(self, quantized, indices)
+        base = score(self, quantized, indices, backend)
         a, b = per_half(type(self).built[-1])
-        return base._replace(agreement=(a + b) / 2, accumulator=HalfAccumulator((a, b), first_half))
+        on = set(range(len(tiny_search.items))) if indices is None else set(indices)
+        agreement = a if on <= first_half else b if not on & first_half else (a + b) / 2
+        return base._replace(agreement=agreement, accumulator=HalfAccumulator((a, b), first_half))
 
     monkeypatch.setattr(ScriptedImages, "score", scored)
     steps = tiny_search.run(0.01, "int16", max_steps=3)
@@ -266,6 +275,11 @@ def test_search_images_score_as_the_accuracy_report_does(tiny_search, tmp_path):
     assert not exact.detection_errors.any()
     # SQNR on a subset pools that subset's images, as a run on those images alone does
     assert scored.confidence_db([0, 2]) == pytest.approx(images.score(out, [0, 2]).confidence_db(), rel=1e-9)
+    # a step scored half by half, joined, is the step scored at once
+    whole = joined([([1], images.score(out, [1])), ([0, 2], images.score(out, [0, 2]))])
+    assert whole.agreement == scored.agreement and whole.agreement_on([1]) == images.score(out, [1]).agreement
+    for name in ("signal", "noise", "detection_errors"):
+        assert np.array_equal(getattr(whole, name), getattr(scored, name))
 
 
 def test_hardest_images_are_the_largest_errors_in_list_order():

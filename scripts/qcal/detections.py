@@ -294,13 +294,22 @@ class APAccumulator:
     def resampled(self, images: Sequence[int]) -> APAccumulator:
         """The accumulator the given images (by position, repeats allowed) would have given: for a
         bootstrap over images."""
-        other = APAccumulator(self.iou_thresholds)
-        for i in images:
-            other._tp.append(self._tp[i])
-            other._scores.append(self._scores[i])
-            other._classes.append(self._classes[i])
-            other._truth_classes.append(self._truth_classes[i])
-            labels, counts = np.unique(self._truth_classes[i], return_counts=True)
+        return APAccumulator.gathered(((self, i) for i in images), self.iou_thresholds)
+
+    @staticmethod
+    def gathered(picks: Iterable[tuple[APAccumulator, int]], iou_thresholds: ArrayLike | None = None) -> APAccumulator:
+        """The accumulator of the picked images, each an (accumulator, position) pair, in that order: what
+        adding those images to one accumulator would have given (the IoU thresholds: the first source's)."""
+        picks = list(picks)
+        if iou_thresholds is None:
+            iou_thresholds = picks[0][0].iou_thresholds if picks else IOU_THRESHOLDS
+        other = APAccumulator(iou_thresholds)
+        for source, i in picks:
+            other._tp.append(source._tp[i])
+            other._scores.append(source._scores[i])
+            other._classes.append(source._classes[i])
+            other._truth_classes.append(source._truth_classes[i])
+            labels, counts = np.unique(source._truth_classes[i], return_counts=True)
             for c, n in zip(labels.tolist(), counts.tolist()):
                 other._n_truth[c] = other._n_truth.get(c, 0) + n
             other.n_images += 1

@@ -42,7 +42,7 @@ def steps_text(steps: list[SearchStep], max_drop: float) -> str:
     lines = [f"  accuracy search (budget: mAP50 agreement drop <= {max_drop}; agreements on the search's own "
              "images):"]
     for i, step in enumerate(steps):
-        lines.append(f"    step {i}: {step.describe()}: agreement {step.map50_agreement:.3f} (drop {step.drop:.3f})")
+        lines.append(f"    step {i}: {step.describe()}: {step.agreement_text()}")
     agreement = final_agreement(steps)
     met = 1 - agreement <= max_drop
     if len(steps) == 1:

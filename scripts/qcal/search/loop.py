@@ -19,7 +19,7 @@ from qcal.model import ModelInfo
 from qcal.quantize import QuantizeOptions, activation_encodings, quantize_model, write_ort_ranges
 from qcal.raws import InputSpec, RawItem
 from qcal.search.layers import PRECISIONS, layer_change, rankable_layers
-from qcal.search.scoring import Score, SearchImages, hardest
+from qcal.search.scoring import Score, SearchImages, hardest, joined
 from qcal.search.steps import SearchStep
 from qcal.stats import TensorStats
 
@@ -77,6 +77,20 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
         def out_of_time() -> bool:
             return time.monotonic() - started > 60 * settings.max_minutes
 
+        def score_step(kept_halves: list[float]) -> tuple[Score | None, list[float | None]]:
+            """The built model on every search image, or None when it already lost agreement on the half
+            scored first (the one further from 1): the layer is refused whatever the other half gives, so
+            that half is not scored. Same decisions as scoring both; a refused layer costs half a step."""
+            parts = [half_a, half_b]
+            first = 0 if kept_halves[0] <= kept_halves[1] else 1
+            lead = images.score(current, parts[first])
+            both: list[float | None] = [None, None]
+            both[first] = lead.agreement
+            if lead.agreement < kept_halves[first]:
+                return None, both
+            score = joined([(parts[first], lead), (parts[1 - first], images.score(current, parts[1 - first]))])
+            return score, [score.agreement_on(half_a), score.agreement_on(half_b)]
+
         first = quantize(options)
         steps = [SearchStep("", "int8", first.agreement, 1 - first.agreement,
                             halves=[first.agreement_on(half_a), first.agreement_on(half_b)])]
@@ -105,15 +119,17 @@ def search(prepared: str | Path, stats: dict[str, TensorStats], out: str | Path,
                     progress(f"stopped: the search's time budget ({settings.max_minutes} min) is spent")
                     break
                 candidate = layer_change(model, layer, precision, kept_options)
-                score = quantize(candidate)
-                both = [score.agreement_on(half_a), score.agreement_on(half_b)]
-                keep = all(new >= old for new, old in zip(both, kept_halves)) and sum(both) > sum(kept_halves)
-                steps.append(SearchStep(layer, precision, score.agreement, 1 - score.agreement,
+                build(candidate)
+                score, both = score_step(kept_halves)
+                keep = (score is not None and all(new >= old for new, old in zip(both, kept_halves))
+                        and sum(both) > sum(kept_halves))
+                agreement = None if score is None else score.agreement
+                steps.append(SearchStep(layer, precision, agreement, None if score is None else 1 - agreement,
                                         effect_db=effect[layer], halves=both, kept=keep))
                 built_kept = keep
                 if keep:
                     kept_options, kept_halves = candidate, both
-                progress(f"step {len(steps) - 1}: {steps[-1].describe()}: agreement {score.agreement:.3f}")
+                progress(f"step {len(steps) - 1}: {steps[-1].describe()}: {steps[-1].agreement_text()}")
                 if keep and 1 - score.agreement <= max_drop:
                     break
             if not built_kept:

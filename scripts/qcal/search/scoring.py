@@ -93,6 +93,21 @@ class SearchImages:
                      agreement)
 
 
+def joined(parts: Sequence[tuple[Sequence[int], Score]]) -> Score:
+    """One Score from Scores of disjoint sets of search images (each over its indices, in that order),
+    the images in index order: exactly what scoring them all at once gives."""
+    picks = sorted(((index, score, position) for indices, score in parts for position, index in enumerate(indices)),
+                   key=lambda pick: pick[0])
+    accumulator = APAccumulator.gathered((score.accumulator, position) for _, score, position in picks)
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray([getattr(score, name)[position] for _, score, position in picks], dtype=np.float64)
+
+    map50 = accumulator.result()["map50"]
+    return Score(1.0 if map50 is None else map50, column("signal"), column("noise"), column("detection_errors"),
+                 accumulator)
+
+
 def hardest(errors: np.ndarray, n: int) -> list[int]:
     """Indices of the n images with the largest detection error, in list order."""
     return sorted(np.argsort(-errors, kind="stable")[:n].tolist())

@@ -9,19 +9,25 @@ from dataclasses import dataclass
 class SearchStep:
     layer: str          # "" for the starting point
     precision: str
-    map50_agreement: float  # on every search image, with this step's layer (kept or not)
-    drop: float
+    map50_agreement: float | None  # on every search image, with this step's layer (kept or not); None: the
+    drop: float | None             # layer lost agreement on the half scored first, the other was not scored
     effect_db: float | None = None  # confidence SQNR this layer gave back on its own, which ranked it
-    halves: list[float] | None = None  # agreement on each half of the search images
+    halves: list[float | None] | None = None  # agreement on each half of the search images (None: not scored)
     kept: bool = True   # the layer stays out of int8: it helped on both halves
 
     def describe(self) -> str:
         if not self.layer:
             return "all layers int8"
         effect = f" (alone: {self.effect_db:+.2f} dB confidence SQNR)" if self.effect_db is not None else ""
-        halves = f"; halves {self.halves[0]:.3f} / {self.halves[1]:.3f}" if self.halves else ""
+        halves = ("; halves " + " / ".join("not scored" if h is None else f"{h:.3f}" for h in self.halves)
+                  if self.halves else "")
         verdict = "" if self.kept else ": rejected, it did not help on both halves of the search images"
         return f"{self.layer} (and its activation) in {self.precision}{effect}{halves}{verdict}"
+
+    def agreement_text(self) -> str:
+        if self.map50_agreement is None:
+            return "worse on the half scored first, the other half not scored"
+        return f"agreement {self.map50_agreement:.3f} (drop {self.drop:.3f})"
 
 
 def layers_kept(steps: list[SearchStep]) -> int:

@@ -193,7 +193,7 @@ def test_a_layer_that_does_not_help_is_not_kept_and_the_model_keeps_the_others(t
     assert layers_kept(missed) == 1 and final_agreement(missed) == 0.9
     assert changed_layers(tmp_path / "out.onnx") == {missed[1].layer}  # step 1's layer float, step 2's back to int8
     text = steps_text(missed, 0.0)
-    assert "rejected, it did not help on both halves" in text and "budget NOT met with 1 layers kept" in text
+    assert "rejected, worse on the half scored first: the other half not scored" in text and "budget NOT met with 1 layers kept" in text
 
 
 class HalfAccumulator:

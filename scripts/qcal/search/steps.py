@@ -21,12 +21,13 @@ class SearchStep:
         effect = f" (alone: {self.effect_db:+.2f} dB confidence SQNR)" if self.effect_db is not None else ""
         halves = ("; halves " + " / ".join("not scored" if h is None else f"{h:.3f}" for h in self.halves)
                   if self.halves else "")
-        verdict = "" if self.kept else ": rejected, it did not help on both halves of the search images"
+        verdict = ("" if self.kept else ": rejected, worse on the half scored first" if self.map50_agreement is None
+                   else ": rejected, it did not help on both halves of the search images")
         return f"{self.layer} (and its activation) in {self.precision}{effect}{halves}{verdict}"
 
     def agreement_text(self) -> str:
         if self.map50_agreement is None:
-            return "worse on the half scored first, the other half not scored"
+            return "the other half not scored"
         return f"agreement {self.map50_agreement:.3f} (drop {self.drop:.3f})"
 
 

@@ -18,7 +18,7 @@ rule calibrate_shard:
         decoder=config["decoder"],
     wildcard_constraints:
         shard=r"\d+",
-    threads: config["calibration"]["threads"]
+    threads: S.threads("calibration")
     resources:
         mem_mb=3000,
         runtime=60,

@@ -456,6 +456,17 @@ def remove_stale_temporaries(results: str | os.PathLike) -> int:
     return removed
 
 
+def cancel_rescheduling_timers() -> int:
+    """Cancel the timers Snakemake's job rate limiter leaves behind (--max-jobs-per-timespan, 100/1s by
+    default): each scheduling round starts a non-daemon threading.Timer of one timespan, so the process
+    waited up to a second after its last job before exiting (measured: 1.2 s from "100% done" to the
+    prompt). Called when the run is over, where no job is left to schedule. Returns how many."""
+    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    for timer in timers:
+        timer.cancel()
+    return len(timers)
+
+
 def final_summary(results: str | os.PathLike, socs: list[str] = ()) -> str:
     """The console summary at the end of a run: coverage, quantization and, when it is as new as the
     quantized model (the accuracy report was part of this run's targets), accuracy; skipped images."""

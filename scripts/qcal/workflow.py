@@ -32,8 +32,8 @@ class CoreSlots:
     The profiles run every job in Snakemake's process (--force-use-threads), so `-j8` on a 2-core machine
     runs 8 calibration shards at once: each holds a whole image's activations and they fight for the
     cores. A job takes as many slots as it has threads, and waits while they are taken (200 images,
-    2 cores, -j8: calibration 23.6 s -> 18.9 s, peak memory 4.9 GB -> 1.7 GB). Jobs in processes of
-    their own (SLURM) each see their own slots."""
+    2 cores, -j8, with the arena cap below: calibration 23.6 s -> 20.5 s, peak memory 4.9 GB -> 2.5 GB;
+    -j2 gives 19.0 s). Jobs in processes of their own (SLURM) each see their own slots."""
 
     def __init__(self, total: int) -> None:
         self.total, self.free = total, total

@@ -32,7 +32,9 @@ def observing_session(model: onnx.ModelProto, tensors: list[str], threads: int) 
             observed.graph.output.append(onnx.ValueInfoProto(name=name))
     # Every activation is an output here: ORT's arena would hold a second copy of all of them between runs
     # (YOLOv5s at 640: peak 1.50 GB with it, 1.32 GB without, at the same speed; bench_calibration.py).
-    return cpu_session(observed.SerializeToString(), threads, arena=False)
+    # Between runs the statistics threads need the cores ORT's threads would spin on (YOLOv3-tiny at 640,
+    # 2 threads: 132 -> 119 ms per image without spinning).
+    return cpu_session(observed.SerializeToString(), threads, arena=False, spinning=False)
 
 
 def calibrate(model_path: str | Path, raws: list[str], spec: InputSpec, threads: int = 1, max_bins: int = 4096,

@@ -15,21 +15,26 @@ import onnxruntime as ort
 QNN_EP = "QNNExecutionProvider"
 
 
-def session_options(threads: int, arena: bool = True) -> ort.SessionOptions:
+def session_options(threads: int, arena: bool = True, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if not arena:
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def cpu_session(model: str | Path | bytes, threads: int = 1, arena: bool = True) -> ort.InferenceSession:
+def cpu_session(model: str | Path | bytes, threads: int = 1, arena: bool = True,
+                spinning: bool = True) -> ort.InferenceSession:
     """A session on ONNX Runtime's CPU provider; `model` is a path or serialized bytes. arena=False:
-    ORT allocates each run's tensors afresh instead of keeping them in its arena between runs."""
+    ORT allocates each run's tensors afresh instead of keeping them in its arena between runs.
+    spinning=False: ORT's threads sleep as soon as a run ends, leaving the cores to the caller's own
+    threads until the next run."""
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads, arena), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, session_options(threads, arena, spinning), providers=["CPUExecutionProvider"])
 
 
 def model_output(outputs: list[np.ndarray]) -> np.ndarray:

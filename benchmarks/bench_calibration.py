@@ -253,7 +253,7 @@ def run_all(args, tmp: Path, env: dict, counts: list[int], size: tuple[int, int]
               + (f" -- UNRELIABLE: other processes used up to {busy:.2f} cores" if busy > 0.15 else ""))
     elif "qcal" in args.tools and "ort-minmax" in args.tools:
         verdicts.append(False)
-        print("  qcal per-image time <= {GOAL_PER_IMAGE_RATIO}x ORT MinMax's: n/a (a run failed)")
+        print(f"  qcal per-image time <= {GOAL_PER_IMAGE_RATIO}x ORT MinMax's: n/a (a run failed)")
     if "ort-percentile" in args.tools:
         rss = ", ".join(f"N={n}: " + (f"{results['ort-percentile', n][0].maxrss_mb / 1024:.1f} GiB"
                                       if results["ort-percentile", n][0].ok else "failed") for n in counts)

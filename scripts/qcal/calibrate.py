@@ -55,8 +55,8 @@ def calibrate(model_path: str | Path, raws: list[str], spec: InputSpec, threads:
     def observe(x: np.ndarray, pool: ThreadPoolExecutor | None) -> dict[str, np.ndarray]:
         if spec.input_name in stats:
             stats[spec.input_name].update(x)
-        # session.run copies ORT's buffers; run_with_ort_values views would save ~7% of the loop but kept
-        # peak memory at 1.43 GB instead of 1.20 GB on YOLOv5s (benchmarks/bench_calibration.py).
+        # session.run copies ORT's buffers; without the arena, run_with_ort_values views were no faster
+        # (YOLOv3-tiny at 640, 2 threads: 77 ms per image against 71; benchmarks/DECISIONS.md).
         values = dict(zip(names, session.run(names, {spec.input_name: x})))
         # largest first, so that the threads finish together; each tensor's statistics have one writer
         work = sorted((name for name in values if name in observed), key=lambda name: -values[name].size)

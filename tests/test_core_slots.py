@@ -1,4 +1,5 @@
-"""Jobs running as threads of Snakemake's process share the machine's cores (qcal.workflow.CoreSlots)."""
+"""Jobs running as threads of Snakemake's process: they share the machine's cores (qcal.workflow.CoreSlots),
+and the run ends without waiting for timers Snakemake leaves behind."""
 
 from __future__ import annotations
 
@@ -43,3 +44,14 @@ def test_a_failing_job_gives_its_cores_back():
     assert slots.free == 1
     with slots.taken(1):  # would wait forever if the failure had kept the slot
         assert slots.free == 0
+
+
+def test_the_rate_limiters_leftover_timers_are_cancelled_at_the_end_of_a_run():
+    from qcal.workflow import cancel_rescheduling_timers
+
+    fired = threading.Event()
+    timer = threading.Timer(600, fired.set)  # what Snakemake's job rate limiter leaves, non-daemon
+    timer.start()
+    assert cancel_rescheduling_timers() >= 1
+    timer.join(timeout=10)
+    assert not timer.is_alive() and not fired.is_set()

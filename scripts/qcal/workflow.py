@@ -361,29 +361,20 @@ def coverage(input, output, params, log) -> None:
         lines.append(text.rstrip("\n"))
 
 
-def htp_check(input, output, params, log) -> None:
+def htp_prepare(input, output, params, log) -> None:
     from qcal.htp import check_on_htp
 
     with job(log[0]) as lines:
-        result = check_on_htp(input.model, params.soc_model)
-        write_json(output[0], vars(result))
+        result = check_on_htp(input.model, params.soc_model, output.context)
+        write_json(output.check, vars(result))
         if not result.ok:
             shown = ", ".join(result.cpu_nodes[:10]) + (f" and {len(result.cpu_nodes) - 10} more"
                                                         if len(result.cpu_nodes) > 10 else "")
             raise QcalError(f"{len(result.cpu_nodes)} nodes of {input.model} would leave the HTP of soc_model "
                             f"{params.soc_model} for the CPU: {shown or result.error}")
         lines.append(f"every node runs on the HTP (soc_model {params.soc_model}): {result.htp_nodes} nodes, and "
-                     f"{result.folded_nodes} more that ONNX Runtime folded away first; session created in "
-                     f"{result.seconds} s")
-
-
-def context_binary(input, output, params, log) -> None:
-    from qcal.htp import write_context_binary
-
-    with job(log[0]) as lines:
-        seconds = write_context_binary(input.model, output[0], params.soc_model)
-        lines.append(f"context binary for soc_model {params.soc_model} in {seconds} s: "
-                     f"{os.path.getsize(output[0]) / 1e6:.1f} MB")
+                     f"{result.folded_nodes} more that ONNX Runtime folded away first; context binary "
+                     f"{os.path.getsize(output.context) / 1e6:.1f} MB; prepared in {result.seconds} s")
 
 
 def evaluate_accuracy(input, output, params, threads, log) -> None:

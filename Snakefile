@@ -53,8 +53,3 @@ onstart:
 onsuccess:
     # The summaries a user should read, once, at the end of the run (jobs' own prints scroll away).
     print(jobs.final_summary("results", [soc.name for soc in S.target.socs]), end="")
-    jobs.cancel_rescheduling_timers()
-
-
-onerror:
-    jobs.cancel_rescheduling_timers()

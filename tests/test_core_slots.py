@@ -3,9 +3,13 @@ and the run ends without waiting for timers Snakemake leaves behind."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
+from conftest import REPO
 from qcal.workflow import CoreSlots
 
 
@@ -46,12 +50,12 @@ def test_a_failing_job_gives_its_cores_back():
         assert slots.free == 0
 
 
-def test_the_rate_limiters_leftover_timers_are_cancelled_at_the_end_of_a_run():
-    from qcal.workflow import cancel_rescheduling_timers
-
-    fired = threading.Event()
-    timer = threading.Timer(600, fired.set)  # what Snakemake's job rate limiter leaves, non-daemon
-    timer.start()
-    assert cancel_rescheduling_timers() >= 1
-    timer.join(timeout=10)
-    assert not timer.is_alive() and not fired.is_set()
+def test_a_process_that_imported_the_workflow_module_exits_without_waiting_out_its_timers():
+    """What Snakemake's job rate limiter leaves when a run ends, with or without its hooks: a non-daemon
+    timer. The process must exit at once, and the timer must not fire."""
+    code = ("import threading, qcal.workflow\n"
+            "threading.Timer(600, lambda: print('fired', flush=True)).start()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "scripts")})
+    assert done.returncode == 0, done.stderr
+    assert "fired" not in done.stdout

@@ -3,7 +3,8 @@ input, output, params, threads and log, and the function turns them into typed c
 
 Rules run in Snakemake's own process (profiles set force-use-threads): no Python start per job, which
 is most of a per-image job's cost. So these functions keep no global state and touch no process-wide
-setting, and each writes its own log."""
+setting (what this module sets at import is for the whole process, on purpose), and each writes its own
+log."""
 
 from __future__ import annotations
 
@@ -72,7 +73,26 @@ def limit_malloc_arenas(count: int) -> None:
         pass
 
 
+def cancel_timers_at_exit() -> threading.Thread:
+    """Cancel the timers Snakemake's job rate limiter leaves behind, as soon as the main thread ends.
+    Each scheduling round starts a non-daemon threading.Timer of one timespan (profiles set 10 s, see
+    profiles/default), and Python waits for such timers before it exits: without this, every run,
+    whichever way it ends (hooks run or not, as inside SLURM jobs), would wait out the last one. The
+    daemon thread waits on the main thread, so it costs nothing meanwhile."""
+
+    def cancel_when_main_ends() -> None:
+        threading.main_thread().join()  # returns once interpreter shutdown has begun
+        for timer in threading.enumerate():
+            if isinstance(timer, threading.Timer):
+                timer.cancel()
+
+    watcher = threading.Thread(target=cancel_when_main_ends, name="qcal-cancel-timers", daemon=True)
+    watcher.start()
+    return watcher
+
+
 limit_malloc_arenas(CORES.total)
+cancel_timers_at_exit()
 
 
 class JobError(QcalError):
@@ -445,17 +465,6 @@ def remove_stale_temporaries(results: str | os.PathLike) -> int:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def cancel_rescheduling_timers() -> int:
-    """Cancel the timers Snakemake's job rate limiter leaves behind (--max-jobs-per-timespan, 100/1s by
-    default): each scheduling round starts a non-daemon threading.Timer of one timespan, so the process
-    waited up to a second after its last job before exiting (measured: 1.2 s from "100% done" to the
-    prompt). Called when the run is over, where no job is left to schedule. Returns how many."""
-    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
-    for timer in timers:
-        timer.cancel()
-    return len(timers)
 
 
 def final_summary(results: str | os.PathLike, socs: list[str] = ()) -> str:

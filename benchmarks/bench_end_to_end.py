@@ -1,7 +1,7 @@
 """Benchmark the whole qcal workflow against doing the same job directly with ONNX Runtime, in one run.
 
 On N generated photo-like JPEGs (benchmarks/make_images.py) and the default model (Darknet's YOLOv3-tiny
-converted to a YOLOv5-style 640x640 detector; config `model: null` (the default model), `calibration: {shards: 8}`):
+converted to a YOLOv5-style 640x640 detector; config `model: null` (the default model), `calibration: {shards: 16}`):
 
   (a) qcal cold     `snakemake -s <repo>/Snakefile --directory WORK --configfile CFG --profile
                     <repo>/profiles/default -j JOBS quantize` with no results/ yet. The model is fetched and
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=8, help="snakemake -j")
-    parser.add_argument("--shards", type=int, default=8, help="calibration.shards")
+    parser.add_argument("--shards", type=int, default=16, help="calibration.shards (16: the workflow's default)")
     parser.add_argument("--edit-index", type=int, default=None,
                         help="index of the image edited in (c) (default: the first calibration image in street/)")
     parser.add_argument("--holdout", type=float, default=None,

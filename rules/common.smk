@@ -69,16 +69,19 @@ def declared(path):
     return [] if WILDCARD_REGEX.search(path) else path
 
 
+@jobs.signature_computed_once
 def image_of_raw(wildcards):
     folder = plan().calibration_folder
     return declared(os.path.join(folder.root, folder.image_of(wildcards.stem)))
 
 
+@jobs.signature_computed_once
 def eval_image_of_raw(wildcards):
     folder = plan().evaluation_folder
     return declared(os.path.join(folder.root, folder.image_of(wildcards.stem)))
 
 
+@jobs.signature_computed_once
 def raw_source(wildcards):
     """(image path, content hash): a changed image reruns its raw even when its file time is older."""
     folder = plan().calibration_folder
@@ -86,6 +89,7 @@ def raw_source(wildcards):
     return os.path.join(folder.root, image), _MEMO["digests"]["raw"][image]
 
 
+@jobs.signature_computed_once
 def eval_raw_source(wildcards):
     folder = plan().evaluation_folder
     image = folder.image_of(wildcards.stem)
